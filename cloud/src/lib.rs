@@ -1,0 +1,1 @@
+//! LockStock control plane.

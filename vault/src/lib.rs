@@ -1,0 +1,1 @@
+//! Liberty vault library.
