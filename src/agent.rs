@@ -24,9 +24,7 @@ pub struct AgentId(String);
 pub enum AgentIdError {
     #[error("agent ids look like agent_1a2b3c4d_name; got {0:?}")]
     Malformed(String),
-    #[error(
-        "agent names are 1 to {MAX_NAME_LEN} letters, digits, '-' or '_'; got {0:?}"
-    )]
+    #[error("agent names are 1 to {MAX_NAME_LEN} letters, digits, '-' or '_'; got {0:?}")]
     BadName(String),
 }
 
@@ -57,7 +55,13 @@ impl AgentId {
 pub fn vault_name_for(name: &str) -> String {
     let upper: String = name
         .chars()
-        .map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() })
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
         .collect();
     format!("{}{upper}", crate::env::LOCKSTOCK_AGENT_PREFIX)
 }
@@ -126,7 +130,10 @@ impl fmt::Debug for AgentId {
 /// Deriving rather than storing one key per agent means the container needs one secret (the
 /// seed) however many agents it serves, and the vault can re-create any agent's key.
 pub fn signing_key(seed: &SecretKey32, agent: &AgentId) -> SigningKey {
-    let hk = Hkdf::<Sha256>::new(Some(b"lockstock/agent-signing-key/v1"), seed.expose_secret());
+    let hk = Hkdf::<Sha256>::new(
+        Some(b"lockstock/agent-signing-key/v1"),
+        seed.expose_secret(),
+    );
     let mut okm = Zeroizing::new([0u8; 32]);
     hk.expand(agent.as_str().as_bytes(), okm.as_mut())
         .expect("32 bytes is a valid HKDF-SHA256 output length");

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{Hash32, Head, SignedStamp, StampKind};
 use crate::AgentId;
+use crate::chain::{Hash32, Head, SignedStamp, StampKind};
 
 /// Prefix of admin keys: everything.
 pub const ADMIN_KEY_PREFIX: &str = "lsk_admin_";
@@ -126,7 +126,11 @@ pub struct SentinelUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// `Some(None)` clears the cap.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
     pub max_per_minute: Option<Option<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<f64>,

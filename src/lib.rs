@@ -11,7 +11,9 @@
 pub mod agent;
 pub mod api;
 pub mod chain;
+pub mod client;
 pub mod env;
+pub mod http;
 pub mod seal;
 pub mod secret;
 
@@ -19,3 +21,18 @@ pub use agent::AgentId;
 
 /// The version every component reports (`/healthz`, `--version`, the API).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error and its causes on one line: `outer: inner: root`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}

@@ -13,16 +13,16 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use hkdf::Hkdf;
 use hpke::{Deserializable, Kem as _, Serializable};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::chain::StampKind;
-use crate::secret::{random_array, ExposeSecret, SecretKey32};
 use crate::AgentId;
+use crate::chain::StampKind;
+use crate::secret::{ExposeSecret, SecretKey32, random_array};
 
 type HpkeKem = hpke::kem::X25519HkdfSha256;
 type HpkeKdf = hpke::kdf::HkdfSha256;
@@ -328,13 +328,17 @@ mod tests {
     fn moved_or_altered_blobs_do_not_open() {
         let account = AccountKey::generate();
         let dek = Dek::generate(1);
-        let blob = dek.seal(&agent(), 7, StampKind::Response, b"secret").unwrap();
+        let blob = dek
+            .seal(&agent(), 7, StampKind::Response, b"secret")
+            .unwrap();
         assert_eq!(
-            dek.open(&agent(), 8, StampKind::Response, &blob).unwrap_err(),
+            dek.open(&agent(), 8, StampKind::Response, &blob)
+                .unwrap_err(),
             SealError::Open
         );
         assert_eq!(
-            dek.open(&agent(), 7, StampKind::Request, &blob).unwrap_err(),
+            dek.open(&agent(), 7, StampKind::Request, &blob)
+                .unwrap_err(),
             SealError::Open
         );
         let other: AgentId = "agent_01020304_other".parse().unwrap();
@@ -342,7 +346,10 @@ mod tests {
         for i in 0..blob.len() {
             let mut bad = blob.clone();
             bad[i] ^= 0x40;
-            assert!(dek.open(&agent(), 7, StampKind::Response, &bad).is_err(), "byte {i}");
+            assert!(
+                dek.open(&agent(), 7, StampKind::Response, &bad).is_err(),
+                "byte {i}"
+            );
         }
         assert_eq!(blob_epoch(&blob[..10]).unwrap_err(), SealError::BlobHeader);
 
