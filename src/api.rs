@@ -178,6 +178,10 @@ pub struct AgentInfo {
     #[serde(default)]
     pub public_key: Option<String>,
     pub sentinel: SentinelConfig,
+    /// Why Sentinel's breaker is open (request stamps get the breaker verdict until an admin
+    /// unlocks the agent); `None` when closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,8 +14,11 @@ pub mod chain;
 pub mod client;
 pub mod env;
 pub mod http;
+pub mod jsonscan;
+pub mod provider;
 pub mod seal;
 pub mod secret;
+pub mod usage;
 
 pub use agent::AgentId;
 
