@@ -70,7 +70,9 @@ pub fn members(input: &[u8]) -> Result<Vec<Member>, ScanError> {
 
 /// Looks a key up among scanned members.
 pub fn find<'m>(input: &[u8], members: &'m [Member], key: &str) -> Option<&'m Member> {
-    members.iter().find(|m| &input[m.key.clone()] == key.as_bytes())
+    members
+        .iter()
+        .find(|m| &input[m.key.clone()] == key.as_bytes())
 }
 
 /// Replaces the value of `key` with `new_value`, or inserts `"key":new_value` as the first
@@ -293,7 +295,8 @@ mod tests {
             assert_eq!(m.len(), v.as_object().unwrap().len(), "{name}");
             for mem in &m {
                 let key = std::str::from_utf8(&body[mem.key.clone()]).unwrap();
-                let val: serde_json::Value = serde_json::from_slice(&body[mem.value.clone()]).unwrap();
+                let val: serde_json::Value =
+                    serde_json::from_slice(&body[mem.value.clone()]).unwrap();
                 assert_eq!(v[key], val, "{name} {key}");
             }
             seen += 1;

@@ -10,14 +10,22 @@
 
 pub mod agent;
 pub mod api;
+pub mod body;
 pub mod chain;
 pub mod client;
+pub mod config;
 pub mod env;
 pub mod http;
 pub mod jsonscan;
+pub mod metrics;
 pub mod provider;
+pub mod proxy;
+pub mod refusal;
 pub mod seal;
+pub mod sealer;
 pub mod secret;
+pub mod server;
+pub mod stamper;
 pub mod usage;
 
 pub use agent::AgentId;

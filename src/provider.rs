@@ -73,9 +73,12 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
         "/messages",
         "/moderations",
     ];
-    let bare = BARE
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')));
+    let bare = BARE.iter().any(|p| {
+        path == *p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    });
     if bare {
         Cow::Owned(format!("/v1{path}"))
     } else {
@@ -155,12 +158,13 @@ impl<'a> RequestBody<'a> {
             None => endpoint == Endpoint::OllamaNative,
         };
         let cap = match endpoint {
-            Endpoint::ChatCompletions => {
-                [parse_u64(get("max_completion_tokens")), parse_u64(get("max_tokens"))]
-                    .into_iter()
-                    .flatten()
-                    .min()
-            }
+            Endpoint::ChatCompletions => [
+                parse_u64(get("max_completion_tokens")),
+                parse_u64(get("max_tokens")),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             Endpoint::Responses => parse_u64(get("max_output_tokens")),
             Endpoint::Completions | Endpoint::Messages => parse_u64(get("max_tokens")),
             Endpoint::OllamaNative => get("options")
@@ -193,7 +197,12 @@ impl<'a> RequestBody<'a> {
 
     /// The body to forward: output cap clamped to `grant` (set when the request had none),
     /// and `stream_options.include_usage` added when `inject_usage`. `None` when unchanged.
-    pub fn rewrite(&self, grant: Option<u64>, provider: Provider, inject_usage: bool) -> Option<Vec<u8>> {
+    pub fn rewrite(
+        &self,
+        grant: Option<u64>,
+        provider: Provider,
+        inject_usage: bool,
+    ) -> Option<Vec<u8>> {
         let clamp = grant.filter(|g| self.ask.cap.is_none_or(|cap| cap > *g));
         if clamp.is_none() && !inject_usage {
             return None;
@@ -239,7 +248,9 @@ fn clamp_cap(body: &[u8], endpoint: Endpoint, provider: Provider, grant: u64) ->
             out
         }
         Endpoint::Responses => jsonscan::set(body, &members, "max_output_tokens", &n),
-        Endpoint::Completions | Endpoint::Messages => jsonscan::set(body, &members, "max_tokens", &n),
+        Endpoint::Completions | Endpoint::Messages => {
+            jsonscan::set(body, &members, "max_tokens", &n)
+        }
         Endpoint::OllamaNative => set_nested(body, "options", "num_predict", &n),
         Endpoint::Other => body.to_vec(),
     }
@@ -287,7 +298,10 @@ mod tests {
         assert_eq!(normalize_path("/chat/completions"), "/v1/chat/completions");
         assert_eq!(normalize_path("/responses"), "/v1/responses");
         assert_eq!(normalize_path("/models/gpt-4o"), "/v1/models/gpt-4o");
-        assert_eq!(normalize_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            normalize_path("/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
         assert_eq!(normalize_path("/api/chat"), "/api/chat");
         assert_eq!(normalize_path("/chat/completionsX"), "/chat/completionsX");
     }
@@ -295,11 +309,17 @@ mod tests {
     #[test]
     fn classifies_endpoints() {
         let post = http::Method::POST;
-        assert_eq!(Endpoint::of(&post, "/v1/chat/completions"), Endpoint::ChatCompletions);
+        assert_eq!(
+            Endpoint::of(&post, "/v1/chat/completions"),
+            Endpoint::ChatCompletions
+        );
         assert_eq!(Endpoint::of(&post, "/v1/messages"), Endpoint::Messages);
         assert_eq!(Endpoint::of(&post, "/v1/responses"), Endpoint::Responses);
         assert_eq!(Endpoint::of(&post, "/api/chat"), Endpoint::OllamaNative);
-        assert_eq!(Endpoint::of(&http::Method::GET, "/v1/messages"), Endpoint::Other);
+        assert_eq!(
+            Endpoint::of(&http::Method::GET, "/v1/messages"),
+            Endpoint::Other
+        );
     }
 
     #[test]
@@ -329,7 +349,10 @@ mod tests {
         assert_eq!(r.ask.cap, Some(4000));
         let out = r.rewrite(Some(100), Provider::OpenAi, false).unwrap();
         assert_eq!(out, br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#);
-        assert!(r.rewrite(Some(5000), Provider::OpenAi, false).is_none(), "below the grant: untouched");
+        assert!(
+            r.rewrite(Some(5000), Provider::OpenAi, false).is_none(),
+            "below the grant: untouched"
+        );
         assert!(r.rewrite(None, Provider::OpenAi, false).is_none());
 
         let b = br#"{"model":"gpt-4o","messages":[]}"#;
@@ -342,11 +365,20 @@ mod tests {
         let b = br#"{"model":"m","max_tokens":50,"max_completion_tokens":40}"#;
         let r = RequestBody::parse(Endpoint::ChatCompletions, b).unwrap();
         let out = json(&r.rewrite(Some(10), Provider::OpenAi, false).unwrap());
-        assert_eq!((out["max_tokens"].as_u64(), out["max_completion_tokens"].as_u64()), (Some(10), Some(10)));
+        assert_eq!(
+            (
+                out["max_tokens"].as_u64(),
+                out["max_completion_tokens"].as_u64()
+            ),
+            (Some(10), Some(10))
+        );
 
         let b = br#"{"model":"m","input":"hi"}"#;
         let r = RequestBody::parse(Endpoint::Responses, b).unwrap();
-        assert_eq!(json(&r.rewrite(Some(9), Provider::OpenAi, false).unwrap())["max_output_tokens"], 9);
+        assert_eq!(
+            json(&r.rewrite(Some(9), Provider::OpenAi, false).unwrap())["max_output_tokens"],
+            9
+        );
 
         let b = br#"{"model":"llama3","messages":[],"options":{"temperature":0.2}}"#;
         let r = RequestBody::parse(Endpoint::OllamaNative, b).unwrap();
@@ -381,6 +413,12 @@ mod tests {
         let r = RequestBody::parse(Endpoint::ChatCompletions, b).unwrap();
         assert_eq!(r.ask.model, "");
         assert_eq!(r.ask.cap, None);
-        assert_eq!("bogus".parse::<Provider>().unwrap_err().contains("expected"), true);
+        assert_eq!(
+            "bogus"
+                .parse::<Provider>()
+                .unwrap_err()
+                .contains("expected"),
+            true
+        );
     }
 }

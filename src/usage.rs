@@ -128,7 +128,8 @@ impl UsageMeter {
         if room < bytes.len() {
             self.truncated = self.capture_limit > 0 || self.truncated;
         }
-        self.capture.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        self.capture
+            .extend_from_slice(&bytes[..room.min(bytes.len())]);
         match self.framing {
             Framing::Sse | Framing::Ndjson => self.lines(bytes),
             Framing::Json | Framing::Other => {}
@@ -243,9 +244,13 @@ fn num(v: &Value, key: &str) -> Option<u64> {
 
 /// Reads whatever usage shape `v` carries into `acc`; later values win.
 fn merge_usage(v: &Value, acc: &mut Partial) {
-    for u in [v.get("usage"), v.pointer("/message/usage"), v.pointer("/response/usage")]
-        .into_iter()
-        .flatten()
+    for u in [
+        v.get("usage"),
+        v.pointer("/message/usage"),
+        v.pointer("/response/usage"),
+    ]
+    .into_iter()
+    .flatten()
     {
         if !u.is_object() {
             continue;
@@ -278,8 +283,11 @@ fn text_len(v: &Value, depth: usize) -> u64 {
         Value::Object(map) => map
             .iter()
             .map(|(k, val)| match (k.as_str(), val) {
-                ("content" | "text" | "delta" | "partial_json" | "arguments" | "thinking"
-                | "response", Value::String(s)) => s.len() as u64,
+                (
+                    "content" | "text" | "delta" | "partial_json" | "arguments" | "thinking"
+                    | "response",
+                    Value::String(s),
+                ) => s.len() as u64,
                 (_, Value::Object(_) | Value::Array(_)) => text_len(val, depth + 1),
                 _ => 0,
             })
@@ -355,7 +363,9 @@ fn is_usage_only(event: &[u8]) -> bool {
     let Ok(v) = serde_json::from_str::<Value>(&data) else {
         return false;
     };
-    v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
+    v.get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
         && v.get("usage").is_some_and(Value::is_object)
 }
 
@@ -409,7 +419,10 @@ mod tests {
         for (name, framing) in cases {
             let body = fixture(name);
             let whole = meter_in_chunks(framing, &body, body.len(), false);
-            assert!(whole.input.is_some() && whole.output.is_some(), "{name}: {whole:?}");
+            assert!(
+                whole.input.is_some() && whole.output.is_some(),
+                "{name}: {whole:?}"
+            );
             assert_eq!(whole.transcript, body, "{name}");
             for chunk in [1, 7, 64] {
                 for gzip in [false, true] {
@@ -433,7 +446,12 @@ mod tests {
         assert_eq!(m.output, v["usage"]["completion_tokens"].as_u64());
 
         // Anthropic: input from message_start, final output from message_delta.
-        let m = meter_in_chunks(Framing::Sse, &fixture("anthropic-messages-stream-tool-use.sse"), 33, false);
+        let m = meter_in_chunks(
+            Framing::Sse,
+            &fixture("anthropic-messages-stream-tool-use.sse"),
+            33,
+            false,
+        );
         let body = String::from_utf8(fixture("anthropic-messages-stream-tool-use.sse")).unwrap();
         let delta = body
             .lines()
@@ -444,7 +462,12 @@ mod tests {
         assert_eq!(m.output, dv["usage"]["output_tokens"].as_u64());
 
         // Ollama native: the done line.
-        let m = meter_in_chunks(Framing::Ndjson, &fixture("ollama-api-chat-stream.ndjson"), 100, false);
+        let m = meter_in_chunks(
+            Framing::Ndjson,
+            &fixture("ollama-api-chat-stream.ndjson"),
+            100,
+            false,
+        );
         let last = String::from_utf8(fixture("ollama-api-chat-stream.ndjson")).unwrap();
         let done: Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
         assert_eq!(m.input, done["prompt_eval_count"].as_u64());
@@ -469,7 +492,12 @@ mod tests {
 
     #[test]
     fn broken_input_is_survivable() {
-        for junk in [&b"data: {not json\n\n"[..], b"\xff\xfe\n\n", b"data: [DONE]\n\n", b""] {
+        for junk in [
+            &b"data: {not json\n\n"[..],
+            b"\xff\xfe\n\n",
+            b"data: [DONE]\n\n",
+            b"",
+        ] {
             let m = meter_in_chunks(Framing::Sse, junk, 3, false);
             assert_eq!((m.input, m.output), (None, None));
         }

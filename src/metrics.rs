@@ -1,0 +1,324 @@
+//! Prometheus metrics, per agent, in the text exposition format (0.0.4).
+//!
+//! The set of agents is fixed when the gateway starts, so every series lives in a plain
+//! struct of atomics: recording is a few relaxed atomic adds with no lock and no allocation,
+//! and an unknown agent id cannot create new series (requests without a registered agent
+//! are counted under `agent="unregistered"`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::AgentId;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// Why the gateway refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    MissingAgent,
+    UnknownAgent,
+    Locked,
+    Budget,
+    Fork,
+    Breaker,
+    StampRejected,
+    ControlPlaneDown,
+    BadRequest,
+    Upstream,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 10] = [
+        Self::MissingAgent,
+        Self::UnknownAgent,
+        Self::Locked,
+        Self::Budget,
+        Self::Fork,
+        Self::Breaker,
+        Self::StampRejected,
+        Self::ControlPlaneDown,
+        Self::BadRequest,
+        Self::Upstream,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MissingAgent => "missing_agent",
+            Self::UnknownAgent => "unknown_agent",
+            Self::Locked => "locked",
+            Self::Budget => "budget",
+            Self::Fork => "fork",
+            Self::Breaker => "breaker",
+            Self::StampRejected => "stamp_rejected",
+            Self::ControlPlaneDown => "control_plane_unreachable",
+            Self::BadRequest => "bad_request",
+            Self::Upstream => "upstream_error",
+        }
+    }
+}
+
+/// Every series of one agent.
+pub struct AgentMetrics {
+    /// Requests by HTTP status returned to the client (index = status code).
+    by_status: Box<[AtomicU64; 600]>,
+    rejections: [AtomicU64; Rejection::ALL.len()],
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    tokens_in: AtomicU64,
+    tokens_out: AtomicU64,
+    /// -1: unlimited or not yet known.
+    budget_remaining: AtomicI64,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self {
+            by_status: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            rejections: Default::default(),
+            latency_buckets: Default::default(),
+            latency_count: AtomicU64::new(0),
+            latency_sum_us: AtomicU64::new(0),
+            tokens_in: AtomicU64::new(0),
+            tokens_out: AtomicU64::new(0),
+            budget_remaining: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl AgentMetrics {
+    /// A response started: its status and the time it took to get there.
+    pub fn request(&self, status: u16, latency: Duration) {
+        if let Some(c) = self.by_status.get(usize::from(status)) {
+            c.fetch_add(1, Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        let i = Rejection::ALL
+            .iter()
+            .position(|r| *r == why)
+            .expect("listed");
+        self.rejections[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn tokens(&self, input: u64, output: u64) {
+        self.tokens_in.fetch_add(input, Relaxed);
+        self.tokens_out.fetch_add(output, Relaxed);
+    }
+
+    pub fn budget(&self, remaining: Option<u64>) {
+        let v = remaining.map_or(-1, |r| i64::try_from(r).unwrap_or(i64::MAX));
+        self.budget_remaining.store(v, Relaxed);
+    }
+}
+
+/// The gateway's metrics registry.
+pub struct Metrics {
+    agents: BTreeMap<String, AgentMetrics>,
+    unregistered: AgentMetrics,
+}
+
+const UNREGISTERED: &str = "unregistered";
+
+impl Metrics {
+    pub fn new<'a>(agents: impl IntoIterator<Item = &'a AgentId>) -> Self {
+        Self {
+            agents: agents
+                .into_iter()
+                .map(|a| (a.as_str().to_owned(), AgentMetrics::default()))
+                .collect(),
+            unregistered: AgentMetrics::default(),
+        }
+    }
+
+    /// The series of `agent`, or the shared `unregistered` ones.
+    pub fn agent(&self, agent: Option<&AgentId>) -> &AgentMetrics {
+        agent
+            .and_then(|a| self.agents.get(a.as_str()))
+            .unwrap_or(&self.unregistered)
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&str, &AgentMetrics)> {
+        self.agents
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(std::iter::once((UNREGISTERED, &self.unregistered)))
+    }
+
+    /// The exposition text, with `# HELP` and `# TYPE` for every family.
+    pub fn render(&self, control_plane_up: bool, pending_stamps: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let w = &mut out;
+        family(
+            w,
+            "lockstock_gateway_requests_total",
+            "counter",
+            "Requests answered, by agent and HTTP status.",
+        );
+        for (agent, m) in self.all() {
+            for (status, c) in m.by_status.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        w,
+                        "lockstock_gateway_requests_total{{agent=\"{agent}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+        }
+        family(
+            w,
+            "lockstock_gateway_rejections_total",
+            "counter",
+            "Requests refused by the gateway, by agent and reason.",
+        );
+        for (agent, m) in self.all() {
+            for (r, c) in Rejection::ALL.iter().zip(&m.rejections) {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        w,
+                        "lockstock_gateway_rejections_total{{agent=\"{agent}\",reason=\"{}\"}} {n}",
+                        r.label()
+                    );
+                }
+            }
+        }
+        family(
+            w,
+            "lockstock_gateway_request_duration_seconds",
+            "histogram",
+            "Time from request received to response headers sent.",
+        );
+        for (agent, m) in self.all() {
+            let count = m.latency_count.load(Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for (b, c) in BUCKETS.iter().zip(&m.latency_buckets) {
+                cumulative += c.load(Relaxed);
+                let _ = writeln!(
+                    w,
+                    "lockstock_gateway_request_duration_seconds_bucket{{agent=\"{agent}\",le=\"{b}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                w,
+                "lockstock_gateway_request_duration_seconds_bucket{{agent=\"{agent}\",le=\"+Inf\"}} {count}"
+            );
+            let sum = m.latency_sum_us.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                w,
+                "lockstock_gateway_request_duration_seconds_sum{{agent=\"{agent}\"}} {sum}"
+            );
+            let _ = writeln!(
+                w,
+                "lockstock_gateway_request_duration_seconds_count{{agent=\"{agent}\"}} {count}"
+            );
+        }
+        family(
+            w,
+            "lockstock_gateway_tokens_total",
+            "counter",
+            "Tokens counted in provider responses, by agent and direction.",
+        );
+        for (agent, m) in self.agents.iter().map(|(k, v)| (k.as_str(), v)) {
+            let _ = writeln!(
+                w,
+                "lockstock_gateway_tokens_total{{agent=\"{agent}\",direction=\"input\"}} {}",
+                m.tokens_in.load(Relaxed)
+            );
+            let _ = writeln!(
+                w,
+                "lockstock_gateway_tokens_total{{agent=\"{agent}\",direction=\"output\"}} {}",
+                m.tokens_out.load(Relaxed)
+            );
+        }
+        family(
+            w,
+            "lockstock_gateway_budget_remaining_tokens",
+            "gauge",
+            "Tokens the agent may still spend, as of its last verdict (absent when unlimited).",
+        );
+        for (agent, m) in self.agents.iter().map(|(k, v)| (k.as_str(), v)) {
+            let v = m.budget_remaining.load(Relaxed);
+            if v >= 0 {
+                let _ = writeln!(
+                    w,
+                    "lockstock_gateway_budget_remaining_tokens{{agent=\"{agent}\"}} {v}"
+                );
+            }
+        }
+        family(
+            w,
+            "lockstock_gateway_control_plane_up",
+            "gauge",
+            "1 when the control plane answered the last stamp or probe.",
+        );
+        let _ = writeln!(
+            w,
+            "lockstock_gateway_control_plane_up {}",
+            u8::from(control_plane_up)
+        );
+        family(
+            w,
+            "lockstock_gateway_stamps_pending",
+            "gauge",
+            "Stamps made but not yet acknowledged by the control plane.",
+        );
+        let _ = writeln!(w, "lockstock_gateway_stamps_pending {pending_stamps}");
+        out
+    }
+}
+
+fn family(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}");
+    let _ = writeln!(w, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_a_cumulative_histogram() {
+        let a: AgentId = "agent_0000000a_a".parse().unwrap();
+        let m = Metrics::new([&a]);
+        let am = m.agent(Some(&a));
+        am.request(200, Duration::from_micros(300));
+        am.request(200, Duration::from_millis(3));
+        am.request(429, Duration::from_micros(100));
+        am.rejected(Rejection::Budget);
+        am.tokens(10, 5);
+        am.budget(Some(42));
+        m.agent(None).rejected(Rejection::MissingAgent);
+        let text = m.render(true, 0);
+        assert!(text.contains(
+            "lockstock_gateway_requests_total{agent=\"agent_0000000a_a\",status=\"200\"} 2"
+        ));
+        assert!(text.contains("reason=\"budget\"} 1"));
+        assert!(text.contains("agent=\"unregistered\",reason=\"missing_agent\"} 1"));
+        assert!(text.contains("le=\"0.0005\"} 2"));
+        assert!(text.contains("le=\"+Inf\"} 3"));
+        assert!(text.contains("direction=\"output\"} 5"));
+        assert!(
+            text.contains(
+                "lockstock_gateway_budget_remaining_tokens{agent=\"agent_0000000a_a\"} 42"
+            )
+        );
+    }
+}

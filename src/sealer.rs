@@ -1,0 +1,247 @@
+//! Ships sealed blobs and wrapped data keys to the control plane, off the request path.
+//!
+//! Uploads are queued in memory and sent in batches by one task. When the control plane
+//! cannot be reached they are written to a spool directory (they are ciphertext already) and
+//! shipped when it returns, so a transcript is not lost to an outage or a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::api::{BlobUpload, WrappedKey};
+use crate::client::{ClientError, ControlPlane};
+
+/// Most bytes of base64 sent in one blob upload call.
+const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+enum Item {
+    Blob(BlobUpload),
+    Key(WrappedKey),
+}
+
+/// A handle to queue uploads; cheap to clone.
+#[derive(Clone)]
+pub struct Uploads {
+    tx: mpsc::UnboundedSender<Item>,
+}
+
+impl Uploads {
+    /// Starts the upload task. `spool`: where uploads wait while the control plane is away
+    /// (`None` keeps them in memory only).
+    pub fn start(cp: ControlPlane, spool: Option<PathBuf>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Worker { cp, spool }.run(rx));
+        Self { tx }
+    }
+
+    pub fn blob(&self, blob: BlobUpload) {
+        let _ = self.tx.send(Item::Blob(blob));
+    }
+
+    pub fn key(&self, key: WrappedKey) {
+        let _ = self.tx.send(Item::Key(key));
+    }
+}
+
+struct Worker {
+    cp: ControlPlane,
+    spool: Option<PathBuf>,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Item>) {
+        if let Some(dir) = &self.spool {
+            if let Err(e) = create_private_dir(dir) {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot create the spool directory");
+            }
+        }
+        let mut held: Vec<Item> = Vec::new();
+        loop {
+            let first = if held.is_empty() && !self.spool_has_files() {
+                match rx.recv().await {
+                    Some(i) => Some(i),
+                    None => return,
+                }
+            } else {
+                match tokio::time::timeout(RETRY_EVERY, rx.recv()).await {
+                    Ok(Some(i)) => Some(i),
+                    Ok(None) => return,
+                    Err(_) => None,
+                }
+            };
+            held.extend(first);
+            while let Ok(i) = rx.try_recv() {
+                held.push(i);
+            }
+            held = self.ship(held).await;
+            if !held.is_empty() {
+                held = self.spool_out(held);
+            }
+            if held.is_empty() {
+                self.ship_spool().await;
+            }
+        }
+    }
+
+    /// Sends keys first (a blob is useless without its key), then blobs in size-bounded
+    /// batches. Returns what could not be delivered.
+    async fn ship(&self, items: Vec<Item>) -> Vec<Item> {
+        let (mut keys, mut blobs) = (Vec::new(), Vec::new());
+        for i in items {
+            match i {
+                Item::Key(k) => keys.push(k),
+                Item::Blob(b) => blobs.push(b),
+            }
+        }
+        let mut failed = Vec::new();
+        if !keys.is_empty() {
+            if let Err(e) = self.cp.put_keys(keys.clone()).await {
+                log_failure("wrapped keys", &e);
+                if e.is_unreachable() || is_server_error(&e) {
+                    failed.extend(keys.into_iter().map(Item::Key));
+                    failed.extend(blobs.into_iter().map(Item::Blob));
+                    return failed;
+                }
+            }
+        }
+        let mut start = 0;
+        while start < blobs.len() {
+            let mut end = start;
+            let mut size = 0;
+            while end < blobs.len()
+                && (end == start || size + blobs[end].data.len() <= MAX_UPLOAD_BYTES)
+            {
+                size += blobs[end].data.len();
+                end += 1;
+            }
+            let chunk = &blobs[start..end];
+            match self.cp.upload_blobs(chunk).await {
+                Ok(_) => {}
+                Err(e) if e.is_unreachable() || is_server_error(&e) => {
+                    log_failure("blobs", &e);
+                    failed.extend(blobs.drain(start..).map(Item::Blob));
+                    return failed;
+                }
+                Err(e) => {
+                    // One bad blob must not block the rest: retry one by one, drop refusals.
+                    log_failure("blobs", &e);
+                    for b in chunk {
+                        if let Err(e) = self.cp.upload_blobs(std::slice::from_ref(b)).await {
+                            tracing::error!(agent = %b.agent_id, seq = b.seq, error = %e, "blob refused by the control plane; dropped");
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        failed
+    }
+
+    fn spool_has_files(&self) -> bool {
+        self.spool
+            .as_deref()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .is_some_and(|mut entries| entries.next().is_some())
+    }
+
+    /// Writes undelivered items to the spool; returns what could not be written.
+    fn spool_out(&self, items: Vec<Item>) -> Vec<Item> {
+        let Some(dir) = &self.spool else {
+            return items;
+        };
+        let mut left = Vec::new();
+        for item in items {
+            let (name, json) = match &item {
+                Item::Blob(b) => (
+                    format!("blob.{}.{}.json", b.agent_id, b.seq),
+                    serde_json::to_vec(b),
+                ),
+                Item::Key(k) => (
+                    format!("key.{}.{}.{}.json", k.agent_id, k.epoch, k.key_id),
+                    serde_json::to_vec(k),
+                ),
+            };
+            let written = json
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| write_atomic(&dir.join(&name), &bytes));
+            if let Err(e) = written {
+                tracing::error!(file = %name, error = %e, "cannot spool an upload; keeping it in memory");
+                left.push(item);
+            }
+        }
+        left
+    }
+
+    /// Ships spooled files, keys before blobs, deleting each once delivered or refused.
+    async fn ship_spool(&self) {
+        let Some(dir) = &self.spool else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort_by_key(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("key."))
+        });
+        for path in files {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let item = if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("key."))
+            {
+                serde_json::from_slice(&bytes).map(Item::Key)
+            } else {
+                serde_json::from_slice(&bytes).map(Item::Blob)
+            };
+            let Ok(item) = item else {
+                tracing::error!(file = %path.display(), "unreadable spool file; removed");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            if !self.ship(vec![item]).await.is_empty() {
+                return;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+fn is_server_error(e: &ClientError) -> bool {
+    e.status()
+        .is_some_and(|s| s.is_server_error() || s.as_u16() == 401 || s.as_u16() == 403)
+}
+
+fn log_failure(what: &str, e: &ClientError) {
+    tracing::warn!(error = %e, "uploading {what} failed");
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

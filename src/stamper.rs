@@ -1,0 +1,509 @@
+//! Per-agent chain writers: turn drafts into signed, chained, sealed stamps and deliver them
+//! to the control plane in order.
+//!
+//! Each agent has one queue and one sender task. The sender takes everything queued, assigns
+//! consecutive seqs from the chain head, seals transcripts (the seq is part of the blob's
+//! AAD, so sealing happens here), signs, and sends the batch in one call; the control plane
+//! commits a batch with one fsync. While a batch is in flight, new drafts queue up and form
+//! the next batch, so batches grow with load and latency stays one round trip when idle.
+//!
+//! A signed stamp is never rewritten: if delivery fails, the same bytes are retried until the
+//! control plane answers (it recognises a retry as a duplicate and repeats its verdict).
+//! Request waiters are told at once that the control plane is unreachable, and a
+//! "not forwarded" response stamp is queued to settle whatever the request may have reserved.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use tokio::sync::{Notify, oneshot};
+
+use crate::AgentId;
+use crate::api::{BlobUpload, Verdict, WrappedKey};
+use crate::chain::{Hash32, Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, flags};
+use crate::client::ControlPlane;
+use crate::seal::{AccountPublicKey, Dek};
+use crate::sealer::Uploads;
+
+/// Most stamps sent in one call.
+const MAX_BATCH: usize = 256;
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the proxy knows when it asks for a stamp; the sender fills in the chain position.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub kind: StampKind,
+    pub model: String,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub ref_seq: u64,
+    pub flags: u8,
+    pub status: u16,
+    /// Plaintext to seal into the blob this stamp commits to (only when sealing is on).
+    pub transcript: Option<Bytes>,
+}
+
+/// The ledger's answer to a request stamp.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub seq: u64,
+    pub verdict: Verdict,
+}
+
+/// Why a stamp got no verdict.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StampFailure {
+    #[error("the LockStock control plane is unreachable")]
+    Unavailable,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Settings of the chain writers.
+#[derive(Clone)]
+pub struct StamperConfig {
+    /// Seal transcripts to this key; `None` records stamps only.
+    pub account: Option<AccountPublicKey>,
+    /// How long one data key is used before a new one is made (and the old one wiped).
+    pub dek_epoch: Duration,
+    /// How long a request waits for its verdict.
+    pub verdict_timeout: Duration,
+}
+
+struct Pending {
+    draft: Draft,
+    reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>,
+}
+
+/// One agent's chain writer.
+pub struct Chain {
+    agent: AgentId,
+    key: SigningKey,
+    queue: Mutex<VecDeque<Pending>>,
+    wake: Notify,
+    down: AtomicBool,
+    outstanding: Arc<Outstanding>,
+    verdict_timeout: Duration,
+}
+
+/// Counts drafts not yet delivered, so shutdown can wait for them.
+#[derive(Default)]
+pub struct Outstanding {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Outstanding {
+    fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn done(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::SeqCst) == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every draft has been delivered (or `deadline` passes).
+    pub async fn drained(&self, deadline: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.pending() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.is_ok()
+    }
+}
+
+impl Chain {
+    pub fn agent(&self) -> &AgentId {
+        &self.agent
+    }
+
+    /// The public half of this agent's signing key.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// True while the control plane is known to be unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, draft: Draft, reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>) {
+        self.outstanding.add(1);
+        self.queue
+            .lock()
+            .expect("stamp queue poisoned")
+            .push_back(Pending { draft, reply });
+        self.wake.notify_one();
+    }
+
+    /// Stamps a request and waits for the ledger's verdict.
+    pub async fn submit(&self, draft: Draft) -> Result<Ack, StampFailure> {
+        if self.is_down() {
+            // Fail fast: no stamp is made, so nothing needs settling later.
+            return Err(StampFailure::Unavailable);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.push(draft, Some(tx));
+        match tokio::time::timeout(self.verdict_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StampFailure::ShuttingDown),
+            Err(_) => Err(StampFailure::Unavailable),
+        }
+    }
+
+    /// Queues a stamp without waiting (response stamps: the client already has its answer).
+    pub fn submit_detached(&self, draft: Draft) {
+        self.push(draft, None);
+    }
+}
+
+/// Every agent's chain writer, keyed by agent id.
+pub struct Stamper {
+    chains: HashMap<AgentId, Arc<Chain>>,
+    outstanding: Arc<Outstanding>,
+}
+
+impl Stamper {
+    /// Starts one sender task per agent.
+    pub fn start(
+        agents: impl IntoIterator<Item = (AgentId, SigningKey)>,
+        cp: ControlPlane,
+        uploads: Option<Uploads>,
+        config: StamperConfig,
+    ) -> Self {
+        let outstanding = Arc::new(Outstanding::default());
+        let mut chains = HashMap::new();
+        for (agent, key) in agents {
+            let chain = Arc::new(Chain {
+                agent: agent.clone(),
+                key,
+                queue: Mutex::new(VecDeque::new()),
+                wake: Notify::new(),
+                down: AtomicBool::new(false),
+                outstanding: outstanding.clone(),
+                verdict_timeout: config.verdict_timeout,
+            });
+            let sender = Sender {
+                chain: chain.clone(),
+                cp: cp.clone(),
+                uploads: uploads.clone(),
+                config: config.clone(),
+                head: None,
+                dek: None,
+                backoff: Duration::from_millis(50),
+            };
+            tokio::spawn(sender.run());
+            chains.insert(agent, chain);
+        }
+        Self {
+            chains,
+            outstanding,
+        }
+    }
+
+    pub fn chain(&self, agent: &AgentId) -> Option<&Arc<Chain>> {
+        self.chains.get(agent)
+    }
+
+    pub fn chains(&self) -> impl Iterator<Item = &Arc<Chain>> {
+        self.chains.values()
+    }
+
+    pub fn outstanding(&self) -> &Outstanding {
+        &self.outstanding
+    }
+}
+
+struct Built {
+    signed: SignedStamp,
+    blob: Option<Vec<u8>>,
+    reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>,
+}
+
+struct CurrentDek {
+    dek: Dek,
+    since: Instant,
+}
+
+struct Sender {
+    chain: Arc<Chain>,
+    cp: ControlPlane,
+    uploads: Option<Uploads>,
+    config: StamperConfig,
+    head: Option<Head>,
+    dek: Option<CurrentDek>,
+    backoff: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Sender {
+    async fn run(mut self) {
+        loop {
+            let batch = self.next_batch().await;
+            if batch.is_empty() {
+                continue;
+            }
+            let Some((head, batch)) = self.sync_head(batch).await else {
+                continue;
+            };
+            let (built, head) = self.build(head, batch);
+            self.head = Some(head);
+            self.deliver(built).await;
+        }
+    }
+
+    /// Waits for queued drafts; while the control plane is down and nothing is queued,
+    /// probes it so request traffic resumes as soon as it is back.
+    async fn next_batch(&mut self) -> Vec<Pending> {
+        loop {
+            {
+                let mut q = self.chain.queue.lock().expect("stamp queue poisoned");
+                if !q.is_empty() {
+                    let n = q.len().min(MAX_BATCH);
+                    return q.drain(..n).collect();
+                }
+            }
+            if self.chain.is_down() {
+                tokio::select! {
+                    _ = self.chain.wake.notified() => {}
+                    _ = tokio::time::sleep(self.backoff) => {
+                        if self.cp.health().await.is_ok() {
+                            self.up();
+                        } else {
+                            self.grow_backoff();
+                        }
+                    }
+                }
+            } else {
+                self.chain.wake.notified().await;
+            }
+        }
+    }
+
+    fn up(&mut self) {
+        self.chain.down.store(false, Ordering::Relaxed);
+        self.backoff = Duration::from_millis(50);
+    }
+
+    fn grow_backoff(&mut self) {
+        self.chain.down.store(true, Ordering::Relaxed);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Makes sure the chain head is known (after start, or after a rejected stamp), then
+    /// returns it with the batch. Request drafts that cannot wait are failed.
+    async fn sync_head(&mut self, batch: Vec<Pending>) -> Option<(Head, Vec<Pending>)> {
+        if let Some(head) = self.head {
+            return Some((head, batch));
+        }
+        match self.cp.policy(&self.chain.agent).await {
+            Ok(policy) => {
+                self.up();
+                Some((policy.head, batch))
+            }
+            Err(e) => {
+                tracing::warn!(agent = %self.chain.agent, error = %e, "cannot read the chain head");
+                self.grow_backoff();
+                let mut keep = Vec::new();
+                let mut failed = 0;
+                for p in batch {
+                    match p.reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(StampFailure::Unavailable));
+                            failed += 1;
+                        }
+                        None => keep.push(p),
+                    }
+                }
+                self.chain.outstanding.done(failed);
+                {
+                    let mut q = self.chain.queue.lock().expect("stamp queue poisoned");
+                    for p in keep.into_iter().rev() {
+                        q.push_front(p);
+                    }
+                }
+                tokio::time::sleep(self.backoff).await;
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, mut head: Head, batch: Vec<Pending>) -> (Vec<Built>, Head) {
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            let seq = head.seq + 1;
+            let blob = p
+                .draft
+                .transcript
+                .as_ref()
+                .and_then(|t| self.seal(seq, p.draft.kind, t));
+            let stamp = Stamp {
+                version: STAMP_VERSION,
+                agent_id: self.chain.agent.clone(),
+                seq,
+                prev_hash: head.hash,
+                kind: p.draft.kind,
+                time_ms: now_ms(),
+                model: p.draft.model,
+                tokens_in: p.draft.tokens_in,
+                tokens_out: p.draft.tokens_out,
+                ref_seq: p.draft.ref_seq,
+                flags: p.draft.flags,
+                status: p.draft.status,
+                blob_hash: blob.as_ref().map(|b| Hash32::of(b)),
+            };
+            head = Head {
+                seq,
+                hash: stamp.hash(),
+            };
+            out.push(Built {
+                signed: stamp.sign(&self.chain.key),
+                blob,
+                reply: p.reply,
+            });
+        }
+        (out, head)
+    }
+
+    /// Seals a transcript with the current epoch's data key, starting a new epoch when due.
+    fn seal(&mut self, seq: u64, kind: StampKind, plaintext: &[u8]) -> Option<Vec<u8>> {
+        let account = self.config.account?;
+        let uploads = self.uploads.as_ref()?;
+        let due = self
+            .dek
+            .as_ref()
+            .is_none_or(|d| d.since.elapsed() >= self.config.dek_epoch);
+        if due {
+            // Dropping the old key wipes it: a later compromise cannot read earlier epochs.
+            let epoch = now_ms().max(self.dek.as_ref().map_or(0, |d| d.dek.epoch + 1));
+            let dek = Dek::generate(epoch);
+            match dek.wrap(&account, &self.chain.agent) {
+                Ok(wrapped) => {
+                    use base64::Engine;
+                    uploads.key(WrappedKey {
+                        agent_id: self.chain.agent.clone(),
+                        epoch,
+                        key_id: account.key_id(),
+                        wrapped: base64::engine::general_purpose::STANDARD.encode(wrapped),
+                    });
+                    self.dek = Some(CurrentDek {
+                        dek,
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(agent = %self.chain.agent, error = %e, "cannot wrap a data key");
+                    return None;
+                }
+            }
+        }
+        let dek = &self.dek.as_ref()?.dek;
+        match dek.seal(&self.chain.agent, seq, kind, plaintext) {
+            Ok(blob) => Some(blob),
+            Err(e) => {
+                tracing::error!(agent = %self.chain.agent, seq, error = %e, "cannot seal a transcript");
+                None
+            }
+        }
+    }
+
+    /// Sends one built batch until the control plane answers, then hands out the verdicts.
+    async fn deliver(&mut self, mut built: Vec<Built>) {
+        let stamps: Vec<SignedStamp> = built.iter().map(|b| b.signed.clone()).collect();
+        let resp = loop {
+            match self.cp.append(&stamps).await {
+                Ok(resp) => break resp,
+                Err(e) => {
+                    tracing::warn!(agent = %self.chain.agent, error = %e, stamps = stamps.len(), "stamp delivery failed; retrying");
+                    self.grow_backoff();
+                    self.fail_waiters(&mut built);
+                    tokio::time::sleep(self.backoff).await;
+                }
+            }
+        };
+        self.up();
+        let mut rejected = false;
+        for (b, result) in built.into_iter().zip(&resp.results) {
+            let appended = result.verdict.appended();
+            rejected |= !appended;
+            if appended {
+                if let (Some(blob), Some(uploads)) = (b.blob, &self.uploads) {
+                    use base64::Engine;
+                    uploads.blob(BlobUpload {
+                        agent_id: self.chain.agent.clone(),
+                        seq: b.signed.stamp.seq,
+                        kind: b.signed.stamp.kind,
+                        data: base64::engine::general_purpose::STANDARD.encode(blob),
+                    });
+                }
+            } else {
+                tracing::warn!(agent = %self.chain.agent, seq = b.signed.stamp.seq, verdict = ?result.verdict, "stamp not appended");
+            }
+            if let Some(reply) = b.reply {
+                let ack = Ack {
+                    seq: b.signed.stamp.seq,
+                    verdict: result.verdict.clone(),
+                };
+                let granted = matches!(ack.verdict, Verdict::Ok { .. });
+                if reply.send(Ok(ack)).is_err() && granted {
+                    // The waiter gave up; the reservation must still be released.
+                    self.settle_not_forwarded(b.signed.stamp.seq, &b.signed.stamp.model);
+                }
+            }
+        }
+        if rejected {
+            // The chain continues from what the ledger holds, not from what it refused.
+            self.head = resp.results.last().map(|r| r.head);
+        }
+        self.chain.outstanding.done(resp.results.len());
+    }
+
+    /// Tells request waiters the control plane is unreachable; their stamps stay in the
+    /// batch and a settling response stamp is queued behind it for each.
+    fn fail_waiters(&mut self, built: &mut [Built]) {
+        for b in built.iter_mut() {
+            if let Some(reply) = b.reply.take() {
+                let _ = reply.send(Err(StampFailure::Unavailable));
+                if b.signed.stamp.kind == StampKind::Request {
+                    self.settle_not_forwarded(b.signed.stamp.seq, &b.signed.stamp.model);
+                }
+            }
+        }
+    }
+
+    fn settle_not_forwarded(&self, request_seq: u64, model: &str) {
+        self.chain.push(
+            Draft {
+                kind: StampKind::Response,
+                model: model.to_owned(),
+                tokens_in: 0,
+                tokens_out: 0,
+                ref_seq: request_seq,
+                flags: flags::NOT_FORWARDED,
+                status: 0,
+                transcript: None,
+            },
+            None,
+        );
+    }
+}
