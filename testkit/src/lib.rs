@@ -1,0 +1,7 @@
+//! Test and benchmark support for LockStock.
+//!
+//! The only stand-in LockStock's tests allow is the LLM provider itself: [`upstream`] serves
+//! responses recorded from the real OpenAI, Anthropic and Ollama APIs (`tests/fixtures`),
+//! byte for byte, and records what it received.
+
+pub mod upstream;

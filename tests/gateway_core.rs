@@ -1,0 +1,437 @@
+//! The gateway core end to end, in-process: a real control plane (SQLite in a temp dir),
+//! the fixture upstream, and the gateway, all over real HTTP on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use lockstock::api::Verdict;
+use lockstock::chain::{StampKind, flags};
+use support::*;
+
+const OPENAI_CHAT: &str =
+    r#"{"model":"gpt-4o","messages":[{"role":"user","content":"What is 4200 + 42?"}]}"#;
+
+struct World {
+    _dir: tempfile::TempDir,
+    cloud: Cloud,
+    upstream: Upstream,
+    agent: lockstock::AgentId,
+    gw: Gateway,
+    http: Http,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "core").await;
+    let gw = Gateway::start(gateway_config(
+        &cloud,
+        &upstream.url(),
+        &seed,
+        &[&agent],
+        None,
+    ))
+    .await;
+    World {
+        _dir: dir,
+        cloud,
+        upstream,
+        agent,
+        gw,
+        http: Http::default(),
+    }
+}
+
+impl World {
+    async fn chat(&self, body: &str, extra: &[(&str, &str)]) -> Reply {
+        let mut h = vec![("x-d3cipher-agent", self.agent.as_str())];
+        h.extend_from_slice(extra);
+        self.http
+            .post(
+                &format!("{}/v1/chat/completions", self.gw.url),
+                &h,
+                body.as_bytes(),
+            )
+            .await
+    }
+
+    async fn stamps(&self) -> Vec<lockstock::api::StampRecord> {
+        self.cloud
+            .admin()
+            .stamps(&self.agent, 0, 1000)
+            .await
+            .unwrap()
+            .stamps
+    }
+
+    async fn settled(&self, n: usize) -> Vec<lockstock::api::StampRecord> {
+        eventually(5, "stamps to arrive", || async {
+            self.stamps().await.len() >= n
+        })
+        .await;
+        self.stamps().await
+    }
+}
+
+#[tokio::test]
+async fn a_chat_completion_passes_byte_for_byte_and_is_stamped_twice() {
+    let w = world().await;
+    let reply = w.chat(OPENAI_CHAT, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.body.as_ref(), fixture("openai-chat").0.as_slice());
+
+    let got = w.upstream.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/v1/chat/completions");
+    assert!(
+        got[0].headers.get("x-d3cipher-agent").is_none(),
+        "agent header stripped"
+    );
+    assert_eq!(
+        got[0].body.as_ref(),
+        OPENAI_CHAT.as_bytes(),
+        "unbudgeted body unchanged"
+    );
+
+    let stamps = w.settled(2).await;
+    assert_eq!(stamps.len(), 2);
+    let (req, resp) = (&stamps[0].signed.stamp, &stamps[1].signed.stamp);
+    assert_eq!(req.kind, StampKind::Request);
+    assert_eq!(req.model, "gpt-4o");
+    assert_eq!(resp.kind, StampKind::Response);
+    assert_eq!(resp.ref_seq, req.seq);
+    assert_eq!((resp.tokens_in, resp.tokens_out), (16, 12));
+    assert_eq!(resp.flags & flags::ESTIMATED, 0);
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn a_path_without_v1_still_reaches_the_provider() {
+    let w = world().await;
+    let h = [("x-d3cipher-agent", w.agent.as_str())];
+    let reply = w
+        .http
+        .post(
+            &format!("{}/chat/completions", w.gw.url),
+            &h,
+            OPENAI_CHAT.as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(w.upstream.requests()[0].path, "/v1/chat/completions");
+}
+
+#[tokio::test]
+async fn a_stream_without_usage_is_counted_and_the_client_sees_no_extra_chunk() {
+    let w = world().await;
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let reply = w.chat(body, &[]).await;
+    assert_eq!(reply.status, 200);
+    let sent = w.upstream.requests()[0].json();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "the gateway asked for usage"
+    );
+
+    let fixture = String::from_utf8(fixture("openai-chat-stream-usage").0).unwrap();
+    let usage_event = fixture
+        .split_inclusive("\n\n")
+        .find(|e| e.contains("\"choices\":[]"))
+        .unwrap();
+    assert_eq!(reply.text(), fixture.replacen(usage_event, "", 1));
+
+    let stamps = w.settled(2).await;
+    let resp = &stamps[1].signed.stamp;
+    assert_eq!((resp.tokens_in, resp.tokens_out), (16, 10));
+}
+
+#[tokio::test]
+async fn gzip_is_passed_through_and_still_counted() {
+    let w = world().await;
+    let reply = w
+        .http
+        .post(
+            &format!("{}/v1/messages", w.gw.url),
+            &[
+                ("x-d3cipher-agent", w.agent.as_str()),
+                ("accept-encoding", "gzip"),
+            ],
+            br#"{"model":"claude-3-5-haiku","max_tokens":100,"stream":true,"messages":[]}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-encoding"], "gzip");
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(reply.body.as_ref()),
+        &mut plain,
+    )
+    .unwrap();
+    assert_eq!(plain, fixture("anthropic-messages-stream").0);
+    let stamps = w.settled(2).await;
+    assert!(stamps[1].signed.stamp.tokens_out > 0);
+    assert_eq!(stamps[1].signed.stamp.flags & flags::ESTIMATED, 0);
+}
+
+#[tokio::test]
+async fn a_locked_agent_gets_429_and_the_provider_sees_nothing() {
+    let w = world().await;
+    w.cloud
+        .admin()
+        .lock(&w.agent, Some("incident 42".into()))
+        .await
+        .unwrap();
+    let reply = w.chat(OPENAI_CHAT, &[]).await;
+    assert_eq!(reply.status, 429);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("incident 42")
+    );
+    assert_eq!(reply.headers["x-should-retry"], "false");
+    assert!(w.upstream.requests().is_empty());
+    w.cloud.admin().unlock(&w.agent).await.unwrap();
+    assert_eq!(w.chat(OPENAI_CHAT, &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn budgets_clamp_then_exhaust_and_raising_restores() {
+    let w = world().await;
+    let prompt =
+        r#"{"model":"gpt-4o","max_tokens":4000,"messages":[{"role":"user","content":"hi"}]}"#;
+    w.cloud
+        .admin()
+        .set_budget(&w.agent, Some(100))
+        .await
+        .unwrap();
+    let reply = w.chat(prompt, &[]).await;
+    assert_eq!(reply.status, 200);
+    let sent = w.upstream.requests()[0].json();
+    let clamped = sent["max_tokens"].as_u64().unwrap();
+    assert!(clamped < 100, "clamped to the grant, got {clamped}");
+
+    // The fixture reports 28 tokens; spend until nothing is left.
+    let mut statuses = vec![];
+    for _ in 0..6 {
+        statuses.push(w.chat(prompt, &[]).await.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let reply = w.chat(prompt, &[]).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.json()["error"]["message"], "Token budget exhausted");
+
+    w.cloud
+        .admin()
+        .set_budget(&w.agent, Some(10_000))
+        .await
+        .unwrap();
+    assert_eq!(w.chat(prompt, &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_an_agent_key_fork_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "cloned").await;
+    let a = Gateway::start(gateway_config(
+        &cloud,
+        &upstream.url(),
+        &seed,
+        &[&agent],
+        None,
+    ))
+    .await;
+    let b = Gateway::start(gateway_config(
+        &cloud,
+        &upstream.url(),
+        &seed,
+        &[&agent],
+        None,
+    ))
+    .await;
+    let http = Http::default();
+    let h = [("x-d3cipher-agent", agent.as_str())];
+    let mut statuses = vec![];
+    for gw in [&a, &b, &a, &b] {
+        statuses.push(
+            http.post(
+                &format!("{}/v1/chat/completions", gw.url),
+                &h,
+                OPENAI_CHAT.as_bytes(),
+            )
+            .await
+            .status,
+        );
+    }
+    assert!(statuses.contains(&409), "{statuses:?}");
+    let info = cloud.admin().agent(&agent).await.unwrap();
+    assert!(info.locked, "a fork freezes the agent");
+}
+
+#[tokio::test]
+async fn missing_and_unknown_agents_are_refused() {
+    let w = world().await;
+    let r = w
+        .http
+        .post(
+            &format!("{}/v1/chat/completions", w.gw.url),
+            &[],
+            OPENAI_CHAT.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Missing X-D3cipher-Agent header"
+    );
+    let r = w
+        .http
+        .post(
+            &format!("{}/v1/chat/completions", w.gw.url),
+            &[("x-d3cipher-agent", "agent_deadbeef_other")],
+            OPENAI_CHAT.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = w
+        .http
+        .post(
+            &format!("{}/v1/chat/completions", w.gw.url),
+            &[("x-d3cipher-agent", "nonsense")],
+            OPENAI_CHAT.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(w.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn control_plane_down_means_503_and_nothing_unstamped_reaches_the_provider() {
+    let mut w = world().await;
+    assert_eq!(
+        w.http.get(&format!("{}/healthz", w.gw.url)).await.status,
+        200
+    );
+    let addr = w.cloud.addr();
+    w.cloud.stop().await;
+    let r = w.chat(OPENAI_CHAT, &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = w.chat(OPENAI_CHAT, &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        w.http.get(&format!("{}/healthz", w.gw.url)).await.status,
+        503
+    );
+    assert!(w.upstream.requests().is_empty());
+
+    w.cloud.serve(Some(addr)).await;
+    eventually(10, "the gateway to resume", || async {
+        w.chat(OPENAI_CHAT, &[]).await.status == 200
+    })
+    .await;
+    let stamps = w.settled(2).await;
+    let requests = stamps
+        .iter()
+        .filter(|s| s.signed.stamp.kind == StampKind::Request)
+        .count();
+    let forwarded = w.upstream.requests().len();
+    let ok_requests = stamps
+        .iter()
+        .filter(|s| {
+            s.signed.stamp.kind == StampKind::Request && matches!(s.verdict, Verdict::Ok { .. })
+        })
+        .count();
+    assert!(
+        ok_requests >= forwarded && requests >= forwarded,
+        "every forwarded request was stamped"
+    );
+}
+
+#[tokio::test]
+async fn transcripts_are_sealed_and_the_prompt_never_reaches_the_ledger_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "sealed").await;
+    let account = lockstock::seal::AccountKey::generate();
+    let mut gw = Gateway::start(gateway_config(
+        &cloud,
+        &upstream.url(),
+        &seed,
+        &[&agent],
+        Some(account.public_key()),
+    ))
+    .await;
+    let secret_prompt = "the launch code is PURPLE-ELEPHANT-7731";
+    let body = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{secret_prompt}"}}]}}"#
+    );
+    let r = Http::default()
+        .post(
+            &format!("{}/v1/chat/completions", gw.url),
+            &[("x-d3cipher-agent", agent.as_str())],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    gw.stop().await;
+
+    let admin = cloud.admin();
+    eventually(5, "blobs", || async {
+        let page = admin.stamps(&agent, 0, 10).await.unwrap();
+        page.stamps.len() == 2 && page.stamps.iter().all(|s| s.has_blob)
+    })
+    .await;
+    let blob = admin.blob(&agent, 1).await.unwrap().expect("request blob");
+    let keys = admin.keys(&agent).await.unwrap().keys;
+    assert_eq!(keys.len(), 1);
+    use base64::Engine;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(&keys[0].wrapped)
+        .unwrap();
+    let dek = account.unwrap_dek(&agent, keys[0].epoch, &wrapped).unwrap();
+    let plain = dek.open(&agent, 1, StampKind::Request, &blob).unwrap();
+    assert_eq!(plain.as_slice(), body.as_bytes());
+
+    let mut cloud = cloud;
+    cloud.stop().await;
+    for entry in std::fs::read_dir(&cloud.data_dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes
+                .windows(secret_prompt.len())
+                .any(|w| w == secret_prompt.as_bytes()),
+            "prompt found in the ledger"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_what_was_sent() {
+    let w = world().await;
+    for _ in 0..3 {
+        assert_eq!(w.chat(OPENAI_CHAT, &[]).await.status, 200);
+    }
+    w.http
+        .post(
+            &format!("{}/v1/chat/completions", w.gw.url),
+            &[],
+            OPENAI_CHAT.as_bytes(),
+        )
+        .await;
+    let text = w.http.get(&format!("{}/metrics", w.gw.url)).await.text();
+    let line = format!(
+        "lockstock_gateway_requests_total{{agent=\"{}\",status=\"200\"}} 3",
+        w.agent
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("reason=\"missing_agent\"} 1"), "{text}");
+}
