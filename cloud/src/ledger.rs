@@ -1,0 +1,511 @@
+//! The ledger writer: one thread owns the SQLite write connection and the in-memory state.
+//!
+//! Handlers send it jobs (closures) over a channel. The writer drains everything queued, runs
+//! each job in order inside one transaction, writes the agents they changed, commits once
+//! (`synchronous=FULL`: one fsync for the whole group) and only then answers every waiter.
+//! If anything in the group fails to reach the disk, every job in it gets a 500 and the
+//! in-memory state is reloaded from the database, so memory never runs ahead of the file.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use lockstock::AgentId;
+use lockstock::api::{StampResult, Verdict};
+use lockstock::chain::{Hash32, Head, SignedStamp, StampKind, flags};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::state::{Agent, State};
+
+/// Most jobs folded into one transaction.
+const MAX_GROUP: usize = 4096;
+/// Jobs that may wait for the writer before handlers wait to enqueue.
+const QUEUE: usize = 16 * 1024;
+
+/// Settings the writer applies.
+#[derive(Debug, Clone)]
+pub(crate) struct LedgerConfig {
+    pub reservation_ttl_ms: u64,
+    pub default_output_cap: u64,
+}
+
+/// What a job sees: the open transaction's connection, the state, the group's time.
+pub(crate) struct Ctx<'a> {
+    pub conn: &'a Connection,
+    pub state: &'a mut State,
+    pub now_ms: u64,
+    pub cfg: &'a LedgerConfig,
+    failed: bool,
+}
+
+/// A job's failure: a refusal (nothing was written) or a database error (the group fails).
+#[derive(Debug)]
+pub(crate) enum JobError {
+    Api(ApiError),
+    Db(rusqlite::Error),
+}
+
+impl From<ApiError> for JobError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<rusqlite::Error> for JobError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+type Job = Box<dyn for<'a> FnOnce(&mut Ctx<'a>) -> Completion + Send>;
+
+/// A handle to the writer thread; clones share it.
+#[derive(Clone)]
+pub(crate) struct Ledger {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Ledger {
+    /// Starts the writer thread. It stops when every [`Ledger`] handle is dropped.
+    pub fn start(
+        conn: Connection,
+        state: State,
+        clock: Arc<dyn Clock>,
+        cfg: LedgerConfig,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer(conn, state, rx, clock, cfg))?;
+        Ok((Self { tx }, handle))
+    }
+
+    /// Runs `f` on the writer inside the next group; its answer arrives once the group is
+    /// committed (or a 500 if the group could not be).
+    pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&mut Ctx<'a>) -> Result<T, JobError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let out = if ctx.failed {
+                None
+            } else {
+                match f(ctx) {
+                    Ok(v) => Some(Ok(v)),
+                    Err(JobError::Api(e)) => Some(Err(e)),
+                    Err(JobError::Db(e)) => {
+                        tracing::error!(error = %e, "ledger write failed; the group will be rolled back");
+                        ctx.failed = true;
+                        None
+                    }
+                }
+            };
+            Box::new(move |committed| {
+                let reply = match out {
+                    Some(r) if committed => r,
+                    _ => Err(ApiError::unavailable(
+                        "the ledger could not commit this request to disk; nothing was recorded, retry",
+                    )),
+                };
+                let _ = tx.send(reply);
+            })
+        });
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| ApiError::unavailable("the control plane is shutting down"))?;
+        rx.await
+            .map_err(|_| ApiError::unavailable("the control plane is shutting down"))?
+    }
+}
+
+fn writer(
+    conn: Connection,
+    mut state: State,
+    mut rx: mpsc::Receiver<Job>,
+    clock: Arc<dyn Clock>,
+    cfg: LedgerConfig,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(256);
+    let mut stale = false;
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let now_ms = clock.now_ms();
+        if stale {
+            match State::load(&conn, now_ms, cfg.reservation_ttl_ms) {
+                Ok(s) => {
+                    state = s;
+                    stale = false;
+                    tracing::info!("ledger state reloaded from the database");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot reload the ledger state"),
+            }
+        }
+        let mut failed = stale;
+        if !failed && let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a ledger transaction");
+            failed = true;
+        }
+        let mut ctx = Ctx {
+            conn: &conn,
+            state: &mut state,
+            now_ms,
+            cfg: &cfg,
+            failed,
+        };
+        let completions: Vec<Completion> = jobs.drain(..).map(|job| job(&mut ctx)).collect();
+        let mut ok = !ctx.failed;
+        if ok && let Err(e) = state.flush(&conn) {
+            tracing::error!(error = %e, "cannot write agent state");
+            ok = false;
+        }
+        if ok && let Err(e) = conn.execute_batch("COMMIT") {
+            tracing::error!(error = %e, "ledger commit failed");
+            ok = false;
+        }
+        if !ok {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            stale = true;
+        }
+        for done in completions {
+            done(ok);
+        }
+    }
+    tracing::debug!("ledger writer stopped");
+}
+
+/// A stamp whose structure and signature the handler has checked (`Ok(hash)`), or why not.
+pub(crate) struct Checked {
+    pub signed: SignedStamp,
+    pub check: Result<Hash32, String>,
+}
+
+fn answer(seq: u64, verdict: Verdict, head: Head) -> StampResult {
+    StampResult {
+        seq,
+        verdict,
+        duplicate: false,
+        head,
+    }
+}
+
+/// Applies stamps in order; one answer each.
+pub(crate) fn append(
+    ctx: &mut Ctx<'_>,
+    stamps: Vec<Checked>,
+) -> Result<Vec<StampResult>, JobError> {
+    let mut out = Vec::with_capacity(stamps.len());
+    for c in stamps {
+        out.push(append_one(ctx, c)?);
+    }
+    Ok(out)
+}
+
+fn append_one(ctx: &mut Ctx<'_>, c: Checked) -> rusqlite::Result<StampResult> {
+    let Ctx {
+        conn,
+        state,
+        now_ms,
+        cfg,
+        ..
+    } = ctx;
+    let now_ms = *now_ms;
+    let s = &c.signed.stamp;
+    let seq = s.seq;
+    let Some(agent) = state.agents.get_mut(&s.agent_id) else {
+        return Ok(answer(
+            seq,
+            Verdict::Invalid {
+                message: format!("no agent {} exists on this control plane", s.agent_id),
+            },
+            Head::genesis(&s.agent_id),
+        ));
+    };
+    let hash = match c.check {
+        Ok(h) => h,
+        Err(message) => return Ok(answer(seq, Verdict::Invalid { message }, agent.head)),
+    };
+    if agent.key.is_none() {
+        return Ok(answer(
+            seq,
+            Verdict::Invalid {
+                message: format!(
+                    "agent {} is not activated; activate it with its genesis token first",
+                    agent.id
+                ),
+            },
+            agent.head,
+        ));
+    }
+    if seq <= agent.head.seq {
+        let stored: Option<([u8; 32], String)> = conn
+            .prepare_cached("SELECT hash, verdict FROM stamps WHERE agent = ?1 AND seq = ?2")?
+            .query_row(params![agent.row, seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((stored_hash, verdict)) = stored
+            && stored_hash == hash.0
+        {
+            let verdict: Verdict = serde_json::from_str(&verdict).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
+            return Ok(StampResult {
+                seq,
+                verdict,
+                duplicate: true,
+                head: agent.head,
+            });
+        }
+        let why = format!("seq {seq} is already taken by a different stamp");
+        return fork(conn, &mut state.dirty, agent, now_ms, seq, &why);
+    }
+    if seq != agent.head.seq + 1 {
+        let why = format!(
+            "seq {seq} does not follow the head at seq {}",
+            agent.head.seq
+        );
+        return fork(conn, &mut state.dirty, agent, now_ms, seq, &why);
+    }
+    if s.prev_hash != agent.head.hash {
+        let why = format!(
+            "prev_hash does not match the hash of seq {}",
+            agent.head.seq
+        );
+        return fork(conn, &mut state.dirty, agent, now_ms, seq, &why);
+    }
+    let verdict = match s.kind {
+        StampKind::Request => request_verdict(conn, agent, &c.signed, now_ms, cfg)?,
+        StampKind::Response => {
+            agent.release(s.ref_seq);
+            agent.used = agent
+                .used
+                .saturating_add(s.tokens_in.saturating_add(s.tokens_out));
+            agent.expire(now_ms);
+            Verdict::Ok {
+                grant: None,
+                remaining: agent.remaining(),
+            }
+        }
+    };
+    insert_stamp(conn, agent.row, &c.signed, &hash, &verdict, now_ms)?;
+    agent.head = Head { seq, hash };
+    agent.last_seen_ms = Some(now_ms);
+    State::touch(&mut state.dirty, agent);
+    Ok(answer(seq, verdict, agent.head))
+}
+
+/// Refuses a stamp that does not extend the chain, freezes the agent and records an alert
+/// (once per freeze).
+fn fork(
+    conn: &Connection,
+    dirty: &mut Vec<AgentId>,
+    agent: &mut Agent,
+    now_ms: u64,
+    seq: u64,
+    why: &str,
+) -> rusqlite::Result<StampResult> {
+    if agent.frozen.is_none() {
+        let reason = format!(
+            "chain fork at seq {seq}: {why}; the agent is frozen until an admin unlocks it"
+        );
+        tracing::warn!(agent = %agent.id, seq, "chain fork; agent frozen");
+        insert_alert(conn, agent.row, now_ms, &reason)?;
+        agent.frozen = Some(reason);
+        State::touch(dirty, agent);
+    }
+    Ok(answer(seq, Verdict::Fork, agent.head))
+}
+
+fn request_verdict(
+    conn: &Connection,
+    agent: &mut Agent,
+    signed: &SignedStamp,
+    now_ms: u64,
+    cfg: &LedgerConfig,
+) -> rusqlite::Result<Verdict> {
+    let s = &signed.stamp;
+    if let Some(reason) = agent.locked_reason() {
+        return Ok(Verdict::Locked {
+            reason: Some(reason.to_owned()),
+        });
+    }
+    if let Some(reason) = &agent.breaker {
+        return Ok(Verdict::Breaker {
+            reason: reason.clone(),
+        });
+    }
+    if let Some(reason) = agent.sentinel.observe(now_ms, &agent.sentinel_cfg) {
+        tracing::warn!(agent = %agent.id, seq = s.seq, "Sentinel tripped the breaker");
+        insert_alert(conn, agent.row, now_ms, &reason)?;
+        agent.breaker = Some(reason.clone());
+        return Ok(Verdict::Breaker { reason });
+    }
+    let uncapped = s.flags & flags::UNCAPPED != 0;
+    if agent.budget.is_none() {
+        return Ok(Verdict::Ok {
+            grant: (!uncapped).then_some(s.tokens_out),
+            remaining: None,
+        });
+    }
+    agent.expire(now_ms);
+    let remaining = agent.remaining().unwrap_or(0);
+    let avail = remaining.saturating_sub(s.tokens_in);
+    if avail == 0 {
+        return Ok(Verdict::Budget);
+    }
+    let cap = if uncapped {
+        cfg.default_output_cap
+    } else {
+        s.tokens_out
+    };
+    let grant = cap.min(avail);
+    let reserve = s.tokens_in + grant;
+    agent.reserve(
+        s.seq,
+        reserve,
+        now_ms.saturating_add(cfg.reservation_ttl_ms),
+    );
+    Ok(Verdict::Ok {
+        grant: Some(grant),
+        remaining: Some(remaining - reserve),
+    })
+}
+
+fn insert_stamp(
+    conn: &Connection,
+    agent_row: i64,
+    signed: &SignedStamp,
+    hash: &Hash32,
+    verdict: &Verdict,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    let s = &signed.stamp;
+    let verdict = serde_json::to_string(verdict)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    conn.prepare_cached(
+        "INSERT INTO stamps (agent, seq, kind, time_ms, model, tokens_in, tokens_out, ref_seq, \
+         flags, status, blob_hash, prev_hash, hash, signature, verdict, recorded_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        agent_row,
+        s.seq as i64,
+        kind_code(s.kind),
+        s.time_ms as i64,
+        s.model,
+        s.tokens_in as i64,
+        s.tokens_out as i64,
+        s.ref_seq as i64,
+        s.flags,
+        s.status,
+        s.blob_hash.map(|h| h.0),
+        s.prev_hash.0,
+        hash.0,
+        signed.signature.0,
+        verdict,
+        now_ms as i64,
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn kind_code(kind: StampKind) -> i64 {
+    match kind {
+        StampKind::Request => 1,
+        StampKind::Response => 2,
+    }
+}
+
+pub(crate) fn insert_alert(
+    conn: &Connection,
+    agent_row: i64,
+    now_ms: u64,
+    reason: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO alerts (agent, time_ms, reason) VALUES (?1, ?2, ?3)")?
+        .execute(params![agent_row, now_ms as i64, reason])?;
+    Ok(())
+}
+
+/// A blob whose base64 the handler decoded and hashed.
+pub(crate) struct CheckedBlob {
+    pub agent: AgentId,
+    pub seq: u64,
+    pub kind: StampKind,
+    pub data: Vec<u8>,
+    pub hash: Hash32,
+}
+
+/// Stores blobs committed to by existing stamps; all or nothing.
+pub(crate) fn store_blobs(ctx: &mut Ctx<'_>, blobs: Vec<CheckedBlob>) -> Result<usize, JobError> {
+    let mut rows = Vec::with_capacity(blobs.len());
+    for b in &blobs {
+        let Some(agent) = ctx.state.agents.get(&b.agent) else {
+            return Err(ApiError::not_found(format!("no agent {} exists", b.agent)).into());
+        };
+        let stamp: Option<(i64, Option<[u8; 32]>)> = ctx
+            .conn
+            .prepare_cached("SELECT kind, blob_hash FROM stamps WHERE agent = ?1 AND seq = ?2")?
+            .query_row(params![agent.row, b.seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((kind, committed)) = stamp else {
+            return Err(ApiError::conflict(format!(
+                "agent {} has no stamp at seq {}; append the stamp before its blob",
+                b.agent, b.seq
+            ))
+            .into());
+        };
+        if kind != kind_code(b.kind) {
+            return Err(ApiError::bad_request(format!(
+                "the stamp at seq {} of agent {} is not a {} stamp",
+                b.seq,
+                b.agent,
+                b.kind.as_str()
+            ))
+            .into());
+        }
+        match committed {
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "the stamp at seq {} of agent {} commits to no blob",
+                    b.seq, b.agent
+                ))
+                .into());
+            }
+            Some(h) if h != b.hash.0 => {
+                return Err(ApiError::bad_request(format!(
+                    "the blob for seq {} of agent {} does not match the SHA-256 its stamp commits to",
+                    b.seq, b.agent
+                ))
+                .into());
+            }
+            Some(_) => rows.push(agent.row),
+        }
+    }
+    let mut stmt = ctx.conn.prepare_cached(
+        "INSERT OR IGNORE INTO blobs (agent, seq, data, stored_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (b, row) in blobs.iter().zip(rows) {
+        stmt.execute(params![row, b.seq as i64, b.data, ctx.now_ms as i64])?;
+    }
+    Ok(blobs.len())
+}

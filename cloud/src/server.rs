@@ -1,0 +1,242 @@
+//! `serve`: the control plane on an already-bound listener until a shutdown future resolves.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::clock::{Clock, SystemClock};
+use crate::ledger::{Ledger, LedgerConfig};
+use crate::read::ReadPool;
+use crate::routes::{App, Inner, router};
+use crate::state::State;
+use crate::{Error, db};
+
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How the server runs. [`ServerConfig::new`] gives the defaults.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Holds `ledger.db`; `init` must have created the account there.
+    pub data_dir: PathBuf,
+    /// Every time the server reads (stamp records, expiry, Sentinel); tests inject their own.
+    pub clock: Arc<dyn Clock>,
+    /// Serve HTTPS instead of HTTP.
+    pub tls: Option<TlsFiles>,
+    /// How long a granted request's reservation waits for its response stamp.
+    pub reservation_ttl: Duration,
+    /// The grant for a request that asked for no output cap, when a budget is set.
+    pub default_output_cap: u64,
+    /// How long open requests may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            clock: Arc::new(SystemClock),
+            tls: None,
+            reservation_ttl: Duration::from_secs(600),
+            default_output_cap: 4096,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("tls", &self.tls)
+            .field("reservation_ttl", &self.reservation_ttl)
+            .field("default_output_cap", &self.default_output_cap)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_err = |reason: String| Error::Tls {
+        what: "certificate",
+        path: files.cert.clone(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no PEM certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| Error::Tls {
+        what: "private key",
+        path: files.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| cert_err(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| cert_err(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn serve_connection<I>(io: I, svc: TowerToHyperService<axum::Router>, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish
+/// (up to [`ServerConfig::shutdown_grace`]) and stops the ledger writer after its last commit.
+///
+/// Refuses to start when the data directory has no account or another server holds it.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let dir = config.data_dir.clone();
+    let _dir_lock = db::lock_dir(&dir)?;
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let conn = db::open_rw(&dir, false)?;
+    let (account_id, hashes) =
+        db::load_account(&conn)?.ok_or_else(|| Error::NoAccount(dir.clone()))?;
+    let ledger_cfg = LedgerConfig {
+        reservation_ttl_ms: u64::try_from(config.reservation_ttl.as_millis()).unwrap_or(u64::MAX),
+        default_output_cap: config.default_output_cap,
+    };
+    let state = State::load(&conn, config.clock.now_ms(), ledger_cfg.reservation_ttl_ms)?;
+    let keys: HashMap<_, _> = state
+        .agents
+        .values()
+        .filter_map(|a| a.key.map(|k| (a.id.clone(), k)))
+        .collect();
+    let agents = state.agents.len();
+    let (ledger, writer) =
+        Ledger::start(conn, state, config.clock.clone(), ledger_cfg).map_err(Error::Listen)?;
+    let app = App(Arc::new(Inner {
+        ledger,
+        reads: ReadPool::new(db::db_path(&dir)),
+        keys: RwLock::new(keys),
+        auth: RwLock::new(hashes),
+    }));
+    let poller = tokio::spawn(poll_key_hashes(app.clone()));
+    let svc = TowerToHyperService::new(router(app));
+    tracing::info!(
+        account = %account_id,
+        agents,
+        addr = ?listener.local_addr().ok(),
+        tls = tls.is_some(),
+        "lockstock-cloud serving"
+    );
+
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = svc.clone();
+                let watcher = graceful.watcher();
+                match &tls {
+                    None => {
+                        conns.spawn(serve_connection(stream, svc, watcher));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        conns.spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(tls_stream)) => serve_connection(tls_stream, svc, watcher).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing open requests");
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish in time; closing them");
+    }
+    conns.shutdown().await;
+    poller.abort();
+    let _ = poller.await;
+    drop(svc);
+    // Every ledger handle is gone now: the writer finishes its queue and exits.
+    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        return Err(Error::WriterStopped);
+    }
+    tracing::info!("lockstock-cloud stopped");
+    Ok(())
+}
+
+/// Picks up key changes made outside this process (`lockstock-cloud keys rotate-gateway`).
+async fn poll_key_hashes(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let loaded = app.reads.run(|conn| Ok(db::load_account(conn)?)).await;
+        if let Ok(Some((_, hashes))) = loaded {
+            let mut auth = app.auth.write().expect("auth lock");
+            if *auth != hashes {
+                tracing::info!("API keys changed on disk; reloaded");
+                *auth = hashes;
+            }
+        }
+    }
+}
