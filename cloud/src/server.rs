@@ -153,10 +153,14 @@ pub async fn serve(
     }));
     let poller = tokio::spawn(poll_key_hashes(app.clone()));
     let svc = TowerToHyperService::new(router(app));
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(
         account = %account_id,
         agents,
-        addr = ?listener.local_addr().ok(),
+        %addr,
         tls = tls.is_some(),
         "lockstock-cloud serving"
     );

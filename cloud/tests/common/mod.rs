@@ -99,24 +99,7 @@ impl Server {
 
     /// Provisions and activates an agent with a fresh key.
     pub async fn agent(&self, name: &str) -> TestAgent {
-        let provisioned = self
-            .admin()
-            .provision(&ProvisionRequest {
-                name: name.into(),
-                provider: None,
-            })
-            .await
-            .unwrap();
-        let key = SigningKey::from_bytes(&lockstock::secret::random_array());
-        self.gateway()
-            .activate(&ActivateRequest {
-                agent_id: provisioned.agent_id.clone(),
-                genesis_token: provisioned.genesis_token,
-                public_key: hex::encode(key.verifying_key().as_bytes()),
-            })
-            .await
-            .unwrap();
-        TestAgent::new(provisioned.agent_id, key)
+        new_agent(&self.admin(), &self.gateway(), name).await
     }
 
     pub fn admin_key(&self) -> &str {
@@ -134,6 +117,27 @@ impl Drop for Server {
             let _ = stop.send(());
         }
     }
+}
+
+/// Provisions (admin) and activates (gateway) an agent with a fresh key.
+pub async fn new_agent(admin: &ControlPlane, gateway: &ControlPlane, name: &str) -> TestAgent {
+    let provisioned = admin
+        .provision(&ProvisionRequest {
+            name: name.into(),
+            provider: None,
+        })
+        .await
+        .unwrap();
+    let key = SigningKey::from_bytes(&lockstock::secret::random_array());
+    gateway
+        .activate(&ActivateRequest {
+            agent_id: provisioned.agent_id.clone(),
+            genesis_token: provisioned.genesis_token,
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+        })
+        .await
+        .unwrap();
+    TestAgent::new(provisioned.agent_id, key)
 }
 
 /// An agent that builds its own chain; `head` advances as stamps are made.
@@ -226,4 +230,101 @@ pub fn message(v: &serde_json::Value) -> &str {
     v["error"]["message"]
         .as_str()
         .unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+/// The real `lockstock-cloud` binary, with a clean environment.
+pub fn cloud_bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lockstock-cloud"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LOCKSTOCK_LOG", "info");
+    cmd
+}
+
+/// `lockstock-cloud init --data DIR --json`: (admin key, gateway key).
+pub fn init_with_binary(dir: &std::path::Path) -> (String, String) {
+    let out = cloud_bin()
+        .args(["init", "--json", "--data"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["admin_key"].as_str().unwrap().to_owned(),
+        v["gateway_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A running `lockstock-cloud serve`; killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT` (or https).
+    pub url: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `serve --data DIR --listen 127.0.0.1:0 EXTRA…` and waits until it listens.
+    pub fn serve(dir: &std::path::Path, extra: &[&str], scheme: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = cloud_bin()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start:\n{}", stderr.lock().unwrap());
+            }
+        };
+        Self {
+            child,
+            url: format!("{scheme}://{addr}"),
+            stderr,
+        }
+    }
+
+    pub fn client(&self, key: &str) -> ControlPlane {
+        ControlPlane::new(&self.url, &SecretString::from(key.to_owned()))
+            .unwrap()
+            .with_timeout(Duration::from_secs(10))
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
