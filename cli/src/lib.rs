@@ -1,1 +1,3 @@
 //! Shared pieces of the LockStock command-line tools.
+
+pub mod docs;

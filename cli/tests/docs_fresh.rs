@@ -1,0 +1,46 @@
+//! The checked-in completions and man pages match what the binaries generate. With
+//! `LOCKSTOCK_BLESS=1` the test rewrites the checked-in files instead.
+
+use std::path::Path;
+use std::process::Command;
+
+use lockstock_cli::docs::Generate;
+
+/// Every binary with generated docs: add one line per binary.
+const BINARIES: &[(&str, &str)] = &[("liberty", env!("CARGO_BIN_EXE_liberty"))];
+
+#[test]
+fn completions_and_man_pages_are_fresh() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let bless = std::env::var_os("LOCKSTOCK_BLESS").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for &(bin, exe) in BINARIES {
+        for (what, arg) in [
+            (Generate::Bash, "bash"),
+            (Generate::Zsh, "zsh"),
+            (Generate::Man, "man"),
+        ] {
+            let out = Command::new(exe)
+                .args(["generate", arg])
+                .env_clear()
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{bin} generate {arg}: {out:?}");
+            assert!(
+                !out.stdout.is_empty(),
+                "{bin} generate {arg} printed nothing"
+            );
+            let path = root.join(what.checked_in_path(bin));
+            if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &out.stdout).unwrap();
+            } else if std::fs::read(&path).ok().as_deref() != Some(&out.stdout[..]) {
+                stale.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale generated files (regenerate with `LOCKSTOCK_BLESS=1 cargo test -p lockstock-cli --test docs_fresh`): {stale:?}"
+    );
+}
