@@ -18,6 +18,8 @@ use lockstock::client::ControlPlane;
 use lockstock::secret::{ExposeSecret, SecretKey32, SecretString};
 use tokio::sync::oneshot;
 
+pub mod procs;
+
 pub use lockstock_testkit::upstream::{Upstream, fixture};
 
 /// A control plane served in-process from a temp data dir.
@@ -217,6 +219,19 @@ impl Http {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
+        self.try_send(method, url, headers, body)
+            .await
+            .expect("request")
+    }
+
+    /// Like `send`, but a connection failure is an `Err` instead of a panic.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Reply, hyper_util::client::legacy::Error> {
         let mut req = http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -224,16 +239,15 @@ impl Http {
         let resp = self
             .0
             .request(req.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
-            .await
-            .expect("request");
+            .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
-        Reply {
+        Ok(Reply {
             status,
             headers,
             body,
-        }
+        })
     }
 
     pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
