@@ -435,3 +435,272 @@ async fn metrics_count_what_was_sent() {
     assert!(text.contains(&line), "{text}");
     assert!(text.contains("reason=\"missing_agent\"} 1"), "{text}");
 }
+
+async fn world_with(tune: impl FnOnce(&mut lockstock::config::GatewayConfig)) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "tuned").await;
+    let mut cfg = gateway_config(&cloud, &upstream.url(), &seed, &[&agent], None);
+    tune(&mut cfg);
+    let gw = Gateway::start(cfg).await;
+    World {
+        _dir: dir,
+        cloud,
+        upstream,
+        agent,
+        gw,
+        http: Http::default(),
+    }
+}
+
+#[tokio::test]
+async fn ollama_native_and_compatible_endpoints_are_counted() {
+    let w = world().await;
+    let h = [("x-d3cipher-agent", w.agent.as_str())];
+    let body = fixture_request("ollama-api-chat-stream");
+    let r = w
+        .http
+        .post(&format!("{}/api/chat", w.gw.url), &h, &body)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.as_ref(),
+        fixture("ollama-api-chat-stream").0.as_slice()
+    );
+    let body = fixture_request("ollama-openai-chat");
+    let r = w
+        .http
+        .post(
+            &format!("{}/v1/chat/completions", w.gw.url),
+            &[
+                ("x-d3cipher-agent", w.agent.as_str()),
+                ("x-fixture", "ollama-openai-chat"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+
+    let stamps = w.settled(4).await;
+    let last_line: serde_json::Value = serde_json::from_slice(
+        fixture("ollama-api-chat-stream")
+            .0
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let native = &stamps[1].signed.stamp;
+    assert_eq!(
+        (native.tokens_in, native.tokens_out),
+        (
+            last_line["prompt_eval_count"].as_u64().unwrap(),
+            last_line["eval_count"].as_u64().unwrap()
+        )
+    );
+    let compat: serde_json::Value =
+        serde_json::from_slice(&fixture("ollama-openai-chat").0).unwrap();
+    let s = &stamps[3].signed.stamp;
+    assert_eq!(
+        (s.tokens_in, s.tokens_out),
+        (
+            compat["usage"]["prompt_tokens"].as_u64().unwrap(),
+            compat["usage"]["completion_tokens"].as_u64().unwrap()
+        )
+    );
+}
+
+fn fixture_request(name: &str) -> Vec<u8> {
+    std::fs::read(lockstock_testkit::upstream::fixtures_dir().join(format!("{name}.request.json")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_still_gets_its_response_stamp() {
+    use http_body_util::BodyExt;
+    let w = world().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("{}/v1/messages", w.gw.url))
+        .header("x-d3cipher-agent", w.agent.as_str())
+        .header("x-fixture-delay-ms", "100")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            fixture_request("anthropic-messages-stream"),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(!first.data_ref().unwrap().is_empty());
+    drop(body);
+    drop(client);
+
+    let stamps = w.settled(2).await;
+    let s = &stamps[1].signed.stamp;
+    assert_ne!(s.flags & flags::CLIENT_GONE, 0, "flags {:#x}", s.flags);
+    assert_eq!(s.tokens_in, 17, "message_start's input tokens were counted");
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_open_stream_finish_and_stamps_it() {
+    let mut w = world().await;
+    let url = format!("{}/v1/messages", w.gw.url);
+    let agent = w.agent.to_string();
+    let stream = tokio::spawn(async move {
+        Http::default()
+            .post(
+                &url,
+                &[("x-d3cipher-agent", &agent), ("x-fixture-delay-ms", "40")],
+                &fixture_request("anthropic-messages-stream"),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    w.gw.stop().await;
+    let reply = stream.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body.as_ref(),
+        fixture("anthropic-messages-stream").0.as_slice(),
+        "the stream finished whole"
+    );
+    let stamps = w.stamps().await;
+    assert_eq!(
+        stamps.len(),
+        2,
+        "the response stamp was delivered before shutdown completed"
+    );
+    assert_eq!(
+        stamps[1].signed.stamp.flags & (flags::CLIENT_GONE | flags::UPSTREAM_FAILED),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_stream_the_provider_breaks_is_stamped_as_failed() {
+    let w = world().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("{}/v1/messages", w.gw.url))
+        .header("x-d3cipher-agent", w.agent.as_str())
+        .header("x-fixture-cut-after", "3")
+        .header("x-fixture-delay-ms", "30")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            fixture_request("anthropic-messages-stream"),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "the client sees the stream break"
+    );
+    let stamps = w.settled(2).await;
+    assert_ne!(stamps[1].signed.stamp.flags & flags::UPSTREAM_FAILED, 0);
+    assert_eq!(stamps[1].signed.stamp.tokens_in, 17);
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_bodies() {
+    let w = world_with(|c| c.limits.max_request_bytes = 1024).await;
+    let big = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(4096)
+    );
+    let r = w.chat(&big, &[]).await;
+    assert_eq!(r.status, 413);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1024")
+    );
+    assert!(w.upstream.requests().is_empty());
+    assert!(
+        w.stamps().await.is_empty(),
+        "nothing stamped for a refused body"
+    );
+
+    // Not JSON, or JSON of the wrong shape: forwarded untouched; the provider judges it.
+    for junk in [
+        &b"{not json"[..],
+        b"[1,2,3]",
+        b"\xff\xfe\xfd",
+        b"{\"model\":123,\"max_tokens\":\"many\"}",
+    ] {
+        let r = w
+            .http
+            .post(
+                &format!("{}/v1/chat/completions", w.gw.url),
+                &[("x-d3cipher-agent", w.agent.as_str())],
+                junk,
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(w.upstream.requests().last().unwrap().body.as_ref(), junk);
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_supplies_the_provider_key_only_when_the_agent_has_none() {
+    use lockstock::secret::SecretString;
+    let w = world_with(|c| {
+        c.openai_key = Some(SecretString::from("sk-real-openai".to_owned()));
+        c.anthropic_key = Some(SecretString::from("sk-ant-real".to_owned()));
+    })
+    .await;
+    w.chat(OPENAI_CHAT, &[("authorization", "Bearer lockstock")])
+        .await;
+    w.chat(OPENAI_CHAT, &[]).await;
+    w.chat(OPENAI_CHAT, &[("authorization", "Bearer sk-agent-own")])
+        .await;
+    w.http
+        .post(
+            &format!("{}/v1/messages", w.gw.url),
+            &[
+                ("x-d3cipher-agent", w.agent.as_str()),
+                ("x-api-key", "lockstock"),
+            ],
+            &fixture_request("anthropic-messages"),
+        )
+        .await;
+    let got = w.upstream.requests();
+    let auth = |i: usize| {
+        got[i]
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(auth(0).as_deref(), Some("Bearer sk-real-openai"));
+    assert_eq!(auth(1).as_deref(), Some("Bearer sk-real-openai"));
+    assert_eq!(auth(2).as_deref(), Some("Bearer sk-agent-own"));
+    assert_eq!(got[3].headers["x-api-key"], "sk-ant-real");
+    assert!(got[3].headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_502_and_the_reservation_is_released() {
+    let w = world_with(|c| {
+        c.upstream = lockstock::config::Upstream::parse("http://127.0.0.1:9").unwrap()
+    })
+    .await;
+    w.cloud
+        .admin()
+        .set_budget(&w.agent, Some(1000))
+        .await
+        .unwrap();
+    let r = w.chat(OPENAI_CHAT, &[]).await;
+    assert_eq!(r.status, 502);
+    let stamps = w.settled(2).await;
+    assert_ne!(stamps[1].signed.stamp.flags & flags::NOT_FORWARDED, 0);
+    eventually(5, "the reservation to be released", || async {
+        let info = w.cloud.admin().agent(&w.agent).await.unwrap();
+        info.reserved == 0 && info.remaining == Some(1000)
+    })
+    .await;
+}

@@ -6,7 +6,8 @@
 //! (`openai-error-401-…`). Like the real providers it gzips when the client accepts gzip,
 //! and it sends SSE and NDJSON one event per write so streaming is real.
 //! `x-fixture-delay-ms: N` waits N ms before each streamed event (and before the headers
-//! of a non-streamed answer).
+//! of a non-streamed answer). `x-fixture-cut-after: N` breaks a stream after N events, the
+//! way a provider's connection dies mid-answer.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -147,7 +148,8 @@ impl Upstream {
     }
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 fn default_fixture(path: &str, body: &serde_json::Value) -> &'static str {
     let stream = body["stream"].as_bool();
@@ -267,11 +269,21 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
 
     let events = split_events(&bytes, file.ends_with(".ndjson"));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let cut_after = parts
+        .headers
+        .get("x-fixture-cut-after")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
     tokio::spawn(async move {
         let mut enc =
             gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-        for ev in events {
+        for (i, ev) in events.into_iter().enumerate() {
+            if cut_after == Some(i) {
+                let _ = tx
+                    .send(Err("the fixture upstream cut the stream".into()))
+                    .await;
+                return;
+            }
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
@@ -328,7 +340,7 @@ fn gzip_all(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn plain(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(body).boxed());
+    let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r.headers_mut()
         .insert("content-type", content_type.parse().expect("header"));
