@@ -704,3 +704,87 @@ async fn an_unreachable_provider_is_502_and_the_reservation_is_released() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
+    use base64::Engine;
+    use lockstock::api::BlobUpload;
+    use lockstock::chain::{Hash32, Head, STAMP_VERSION, Stamp};
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "spool").await;
+    let key = lockstock::agent::signing_key(&seed, &agent);
+    let dek = lockstock::seal::Dek::generate(1);
+    let blob = dek
+        .seal(&agent, 1, StampKind::Request, b"{\"prompt\":\"kept safe\"}")
+        .unwrap();
+    let stamp = Stamp {
+        version: STAMP_VERSION,
+        agent_id: agent.clone(),
+        seq: 1,
+        prev_hash: Head::genesis(&agent).hash,
+        kind: StampKind::Request,
+        time_ms: 1,
+        model: "m".into(),
+        tokens_in: 1,
+        tokens_out: 1,
+        ref_seq: 0,
+        flags: 0,
+        status: 0,
+        blob_hash: Some(Hash32::of(&blob)),
+    }
+    .sign(&key);
+    cloud.gateway().append(&[stamp]).await.unwrap();
+
+    let spool = dir.path().join("spool");
+    let upload = BlobUpload {
+        agent_id: agent.clone(),
+        seq: 1,
+        kind: StampKind::Request,
+        data: base64::engine::general_purpose::STANDARD.encode(&blob),
+    };
+    {
+        let away =
+            lockstock::client::ControlPlane::new("http://127.0.0.1:9", &cloud.gateway_key).unwrap();
+        let uploads = lockstock::sealer::Uploads::start(away, Some(spool.clone()));
+        uploads.blob(upload);
+        eventually(10, "the blob to be spooled", || async {
+            std::fs::read_dir(&spool)
+                .map(|d| d.count() == 1)
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    let spooled = std::fs::read_dir(&spool)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&spooled).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(cloud.admin().blob(&agent, 1).await.unwrap().is_none());
+
+    let _uploads = lockstock::sealer::Uploads::start(cloud.gateway(), Some(spool.clone()));
+    eventually(10, "the spooled blob to be shipped", || async {
+        cloud.admin().blob(&agent, 1).await.unwrap().is_some()
+    })
+    .await;
+    assert_eq!(
+        cloud
+            .admin()
+            .blob(&agent, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .as_ref(),
+        blob.as_slice()
+    );
+    eventually(5, "the spool to be emptied", || async {
+        std::fs::read_dir(&spool).unwrap().count() == 0
+    })
+    .await;
+}
