@@ -46,6 +46,13 @@ fn add_show_list_rm() {
     );
     assert!(stdout(&missing).is_empty());
 
+    let empty = w.run(["add", "EMPTY"], None);
+    assert_eq!(empty.status.code(), Some(1), "empty stdin stores nothing");
+    assert!(stderr(&empty).contains("nothing was stored"));
+    assert_success(&w.run(["add", "EMPTY", ""], None));
+    assert_eq!(w.ok(["show", "EMPTY"]), "\n");
+    w.ok(["rm", "EMPTY"]);
+
     let bad = w.run(["add", "9LIVES", "x"], None);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("invalid name"));

@@ -50,7 +50,8 @@ pub fn key_dir() -> Result<PathBuf, Error> {
     }
     let state = match non_empty_var(env::XDG_STATE_HOME) {
         Some(s) => s,
-        None => non_empty_var(env::HOME)
+        None => std::env::home_dir()
+            .filter(|h| !h.as_os_str().is_empty())
             .ok_or(Error::NoHome {
                 what: env::HOME,
                 alternative: env::LIBERTY_KEY_DIR,

@@ -125,6 +125,7 @@ fn init(ctx: &Ctx, passphrase: bool) -> Result<ExitCode> {
 fn add(ctx: &Ctx, name: &str, value: Option<String>, force: bool) -> Result<ExitCode> {
     liberty_vault::validate_name(name)?;
     let mut vault = ctx.open()?;
+    let from_argv = value.as_deref().is_some_and(|v| v != "-");
     let secret: SecretString = match value {
         Some(v) if v != "-" => {
             eprintln!(
@@ -138,6 +139,9 @@ fn add(ctx: &Ctx, name: &str, value: Option<String>, force: bool) -> Result<Exit
         }
         None => input::prompt_hidden(&format!("Value for {name}"), false)?,
     };
+    if secret.expose_secret().is_empty() && !from_argv {
+        bail!("no value was given (standard input was empty); nothing was stored");
+    }
     liberty_vault::validate_value(name, secret.expose_secret())?;
     let replace = force
         || (vault.contains(name)
