@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 pub mod procs;
 
+#[allow(unused_imports)]
 pub use lockstock_testkit::upstream::{Upstream, fixture};
 
 /// A control plane served in-process from a temp data dir.
