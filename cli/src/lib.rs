@@ -1,3 +1,4 @@
 //! Shared pieces of the LockStock command-line tools.
 
+pub mod admin;
 pub mod docs;

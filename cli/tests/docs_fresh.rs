@@ -7,7 +7,11 @@ use std::process::Command;
 use lockstock_cli::docs::Generate;
 
 /// Every binary with generated docs: add one line per binary.
-const BINARIES: &[(&str, &str)] = &[("liberty", env!("CARGO_BIN_EXE_liberty"))];
+const BINARIES: &[(&str, &str)] = &[
+    ("liberty", env!("CARGO_BIN_EXE_liberty")),
+    ("lockstock-audit", env!("CARGO_BIN_EXE_lockstock-audit")),
+    ("lockstock-rotate", env!("CARGO_BIN_EXE_lockstock-rotate")),
+];
 
 #[test]
 fn completions_and_man_pages_are_fresh() {

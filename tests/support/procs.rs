@@ -9,6 +9,8 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "liberty" => PathBuf::from(env!("CARGO_BIN_EXE_liberty")),
         "lockstock-gateway" => PathBuf::from(env!("CARGO_BIN_EXE_lockstock-gateway")),
+        "lockstock-audit" => PathBuf::from(env!("CARGO_BIN_EXE_lockstock-audit")),
+        "lockstock-rotate" => PathBuf::from(env!("CARGO_BIN_EXE_lockstock-rotate")),
         other => panic!("unknown binary {other}"),
     }
 }

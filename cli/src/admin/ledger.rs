@@ -1,0 +1,438 @@
+//! Reading one agent's ledger from the control plane and checking it stamp by stamp, the way
+//! [`lockstock::chain::verify_chain`] does, except that a problem does not stop the walk: every
+//! stamp gets its own list of problems, so a report can name each one precisely.
+
+use std::fmt;
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use lockstock::AgentId;
+use lockstock::api::{StampPage, StampRecord};
+use lockstock::chain::{Hash32, Head, SignedStamp, StampError, StampKind, flags, verify_many};
+use lockstock::client::{ClientError, ControlPlane};
+
+/// Stamps asked for per page (the control plane's maximum).
+pub const PAGE: u32 = 1000;
+
+/// Pages smaller than this are verified on one thread.
+const PARALLEL_MIN: usize = 64;
+
+/// What is wrong with one stamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StampProblem {
+    /// Stamps between the previous one and this one are missing.
+    Gap { expected: u64 },
+    /// `prev_hash` matches neither the contents nor the recorded hash of the stamp before.
+    Link { prev: u64 },
+    /// The signature does not verify against the agent's public key.
+    Signature,
+    /// A structural rule is broken (version, flags, request/response fields).
+    Malformed(StampError),
+    /// The hash the ledger recorded is not the hash of the stamp's contents.
+    RecordedHash,
+    /// The agent has no public key to verify with (never activated).
+    NoKey,
+    /// A response refers to a seq that is not an earlier request of this chain.
+    RefSeq { ref_seq: u64 },
+    /// The stamp names another agent.
+    WrongAgent,
+}
+
+impl fmt::Display for StampProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Gap { expected } => {
+                write!(f, "stamps from seq {expected} on are missing before it")
+            }
+            Self::Link { prev } => write!(f, "prev_hash does not match seq {prev}"),
+            Self::Signature => f.write_str("signature does not verify"),
+            Self::Malformed(e) => write!(f, "malformed stamp: {e}"),
+            Self::RecordedHash => {
+                f.write_str("the recorded hash does not match the stamp's contents")
+            }
+            Self::NoKey => f.write_str("the agent has no public key to verify it with"),
+            Self::RefSeq { ref_seq } => {
+                write!(
+                    f,
+                    "it answers seq {ref_seq}, which is not an earlier request"
+                )
+            }
+            Self::WrongAgent => f.write_str("the stamp belongs to another agent"),
+        }
+    }
+}
+
+/// One stamp and what is wrong with it (nothing, usually).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub record: StampRecord,
+    pub problems: Vec<StampProblem>,
+}
+
+impl Checked {
+    pub fn seq(&self) -> u64 {
+        self.record.signed.stamp.seq
+    }
+
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The problems as one sentence: `signature does not verify; …`.
+    pub fn describe(&self) -> String {
+        self.problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Walks one chain in order, page by page.
+pub struct ChainWalker {
+    agent: AgentId,
+    key: Option<VerifyingKey>,
+    /// Seq, hash of its contents and recorded hash of the last stamp seen.
+    prev: (u64, Hash32, Hash32),
+    /// One bit per seq: was it a request? (to check responses' `ref_seq`)
+    requests: Vec<u64>,
+    threads: usize,
+}
+
+impl ChainWalker {
+    pub fn new(agent: AgentId, key: Option<VerifyingKey>) -> Self {
+        let g = Head::genesis(&agent).hash;
+        Self {
+            agent,
+            key,
+            prev: (0, g, g),
+            requests: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+        }
+    }
+
+    /// The last stamp walked: its seq and recorded hash.
+    pub fn last(&self) -> (u64, Hash32) {
+        (self.prev.0, self.prev.2)
+    }
+
+    fn mark_request(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.requests.len() <= word {
+            self.requests.resize(word + 1, 0);
+        }
+        self.requests[word] |= 1 << bit;
+    }
+
+    fn was_request(&self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        self.requests.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Signature and structure results, in parallel for big pages.
+    fn signatures(&self, page: &[StampRecord]) -> Vec<Result<Hash32, StampError>> {
+        let Some(key) = &self.key else {
+            return page.iter().map(|_| Err(StampError::Signature)).collect();
+        };
+        let run = |chunk: &[StampRecord]| {
+            let items: Vec<(&SignedStamp, &VerifyingKey)> =
+                chunk.iter().map(|r| (&r.signed, key)).collect();
+            verify_many(&items)
+        };
+        if self.threads < 2 || page.len() < PARALLEL_MIN {
+            return run(page);
+        }
+        let size = page.len().div_ceil(self.threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = page.chunks(size).map(|c| s.spawn(move || run(c))).collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("signature verification does not panic"))
+                .collect()
+        })
+    }
+
+    /// Checks the next page of the chain (stamps in seq order, following the last page).
+    pub fn check_page(&mut self, page: Vec<StampRecord>) -> Vec<Checked> {
+        let sigs = self.signatures(&page);
+        let mut out = Vec::with_capacity(page.len());
+        for (record, sig) in page.into_iter().zip(sigs) {
+            let s = &record.signed.stamp;
+            let mut problems = Vec::new();
+            if s.seq != self.prev.0 + 1 {
+                problems.push(StampProblem::Gap {
+                    expected: self.prev.0 + 1,
+                });
+            } else if s.prev_hash != self.prev.1 && s.prev_hash != self.prev.2 {
+                // Matching the previous stamp's recorded hash is a sound link even when that
+                // stamp was altered since: the alteration is reported there, once.
+                problems.push(StampProblem::Link { prev: self.prev.0 });
+            }
+            let hash = match sig {
+                Ok(h) => h,
+                Err(e) => {
+                    problems.push(match (&self.key, e) {
+                        (None, _) => StampProblem::NoKey,
+                        (_, StampError::Signature) => StampProblem::Signature,
+                        (_, e) => StampProblem::Malformed(e),
+                    });
+                    s.hash()
+                }
+            };
+            if record.hash != hash {
+                problems.push(StampProblem::RecordedHash);
+            }
+            if s.agent_id != self.agent {
+                problems.push(StampProblem::WrongAgent);
+            }
+            match s.kind {
+                StampKind::Request => self.mark_request(s.seq),
+                StampKind::Response => {
+                    if s.ref_seq >= s.seq || !self.was_request(s.ref_seq) {
+                        problems.push(StampProblem::RefSeq { ref_seq: s.ref_seq });
+                    }
+                }
+            }
+            self.prev = (s.seq, hash, record.hash);
+            out.push(Checked { record, problems });
+        }
+        out
+    }
+}
+
+/// Fetches one page of stamps.
+pub async fn page(
+    cp: &ControlPlane,
+    agent: &AgentId,
+    after: u64,
+) -> Result<StampPage, ClientError> {
+    cp.stamps(agent, after, PAGE).await
+}
+
+/// Why a stamp has no transcript to show. None of these is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The stamp commits to no blob and the request was forwarded: no account key was set.
+    NotSealed,
+    /// The request never reached the provider, so there is no answer to keep.
+    NotForwarded,
+    /// The stamp commits to a blob that the control plane does not have.
+    NotUploaded,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotSealed => "blob not available: the gateway ran without an account key, so this transcript was never sealed",
+            Self::NotForwarded => "blob not available: the request never reached the provider, so there is no answer",
+            Self::NotUploaded => "blob not available: the stamp commits to a blob the control plane does not have (not uploaded yet, or lost)",
+        })
+    }
+}
+
+/// A stamp's blob, fetched and checked against the hash the stamp commits to.
+#[derive(Debug, Clone)]
+pub enum Blob {
+    /// The bytes match the stamp's `blob_hash`.
+    Verified(Bytes),
+    Unavailable(Unavailable),
+    /// The bytes do not match the stamp's `blob_hash`: altered in storage.
+    Mismatch,
+    /// A blob is stored, but the stamp commits to none.
+    Unexpected,
+}
+
+/// What a stamp's blob state is without fetching anything, or `None` when it must be fetched.
+pub fn blob_without_fetch(r: &StampRecord) -> Option<Blob> {
+    let s = &r.signed.stamp;
+    match (s.blob_hash, r.has_blob) {
+        (Some(_), true) => None,
+        (Some(_), false) => Some(Blob::Unavailable(Unavailable::NotUploaded)),
+        (None, true) => Some(Blob::Unexpected),
+        (None, false) if s.flags & flags::NOT_FORWARDED != 0 => {
+            Some(Blob::Unavailable(Unavailable::NotForwarded))
+        }
+        (None, false) => Some(Blob::Unavailable(Unavailable::NotSealed)),
+    }
+}
+
+/// Fetches a stamp's blob (when there is one) and checks its hash before anything else.
+pub async fn fetch_blob(
+    cp: &ControlPlane,
+    agent: &AgentId,
+    r: &StampRecord,
+) -> Result<Blob, ClientError> {
+    if let Some(b) = blob_without_fetch(r) {
+        return Ok(b);
+    }
+    let want = r
+        .signed
+        .stamp
+        .blob_hash
+        .expect("checked by blob_without_fetch");
+    Ok(match cp.blob(agent, r.signed.stamp.seq).await? {
+        None => Blob::Unavailable(Unavailable::NotUploaded),
+        Some(bytes) if Hash32::of(&bytes) == want => Blob::Verified(bytes),
+        Some(_) => Blob::Mismatch,
+    })
+}
+
+/// Parses an agent's Ed25519 public key (hex).
+pub fn parse_public_key(hex_key: &str) -> Option<VerifyingKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key.trim(), &mut bytes).ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// Finds an agent by id, or by its name when exactly one agent has it.
+pub async fn resolve_agent(cp: &ControlPlane, given: &str) -> Result<AgentId, ResolveError> {
+    if let Ok(id) = given.trim().parse::<AgentId>() {
+        return Ok(id);
+    }
+    let list = cp.agents().await.map_err(ResolveError::Api)?;
+    let matches: Vec<AgentId> = list
+        .agents
+        .into_iter()
+        .filter(|a| a.name.eq_ignore_ascii_case(given.trim()))
+        .map(|a| a.agent_id)
+        .collect();
+    match matches.len() {
+        1 => Ok(matches.into_iter().next().expect("one")),
+        0 => Err(ResolveError::Unknown(given.to_owned())),
+        _ => Err(ResolveError::Ambiguous {
+            name: given.to_owned(),
+            ids: matches.iter().map(ToString::to_string).collect(),
+        }),
+    }
+}
+
+/// Why `--agent-id` names no single agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "no agent is called {0:?}\n  hint: give its id (agent_XXXXXXXX_name); `lockstock-gateway agents` lists them"
+    )]
+    Unknown(String),
+    #[error("{} agents are called {name:?}: {}\n  hint: give the id instead", .ids.len(), .ids.join(", "))]
+    Ambiguous { name: String, ids: Vec<String> },
+    #[error("cannot list the agents: {0}")]
+    Api(#[source] ClientError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use lockstock::api::Verdict;
+    use lockstock::chain::{STAMP_VERSION, Stamp};
+
+    fn agent() -> AgentId {
+        "agent_0a0b0c0d_walk".parse().unwrap()
+    }
+
+    fn chain(n: u64, key: &SigningKey) -> Vec<StampRecord> {
+        let mut head = Head::genesis(&agent());
+        let mut out = Vec::new();
+        for seq in 1..=n {
+            let request = seq % 2 == 1;
+            let signed = Stamp {
+                version: STAMP_VERSION,
+                agent_id: agent(),
+                seq,
+                prev_hash: head.hash,
+                kind: if request {
+                    StampKind::Request
+                } else {
+                    StampKind::Response
+                },
+                time_ms: 1_700_000_000_000 + seq,
+                model: "m".into(),
+                tokens_in: 1,
+                tokens_out: 2,
+                ref_seq: if request { 0 } else { seq - 1 },
+                flags: 0,
+                status: if request { 0 } else { 200 },
+                blob_hash: None,
+            }
+            .sign(key);
+            head = Head {
+                seq,
+                hash: signed.stamp.hash(),
+            };
+            out.push(StampRecord {
+                hash: head.hash,
+                signed,
+                verdict: Verdict::Ok {
+                    grant: None,
+                    remaining: None,
+                },
+                recorded_ms: 0,
+                has_blob: false,
+            });
+        }
+        out
+    }
+
+    fn walk(stamps: Vec<StampRecord>, key: &SigningKey) -> Vec<(u64, String)> {
+        let mut w = ChainWalker::new(agent(), Some(key.verifying_key()));
+        let mut out = Vec::new();
+        // Two pages, to cross a page boundary.
+        let mut stamps = stamps;
+        let second = stamps.split_off(stamps.len() / 2);
+        for page in [stamps, second] {
+            for c in w.check_page(page) {
+                if !c.ok() {
+                    out.push((c.seq(), c.describe()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_sound_chain_has_no_problems() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        assert!(walk(chain(200, &key), &key).is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_damage_is_named_at_its_seq_only() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let mut c = chain(200, &key);
+        c[16].signed.stamp.tokens_out += 1; // seq 17: contents altered
+        c[119].signed.stamp.prev_hash.0[0] ^= 1; // seq 120: link altered
+        c.remove(150); // seq 151 missing
+        let found = walk(c, &key);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].0, 17);
+        assert!(
+            found[0].1.contains("signature does not verify"),
+            "{found:?}"
+        );
+        assert!(found[0].1.contains("recorded hash"), "{found:?}");
+        assert_eq!(found[1].0, 120);
+        assert!(
+            found[1].1.contains("prev_hash does not match seq 119"),
+            "{found:?}"
+        );
+        assert_eq!(found[2].0, 152);
+        assert!(
+            found[2]
+                .1
+                .starts_with("stamps from seq 151 on are missing before it"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn without_a_key_nothing_verifies() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let mut w = ChainWalker::new(agent(), None);
+        let checked = w.check_page(chain(2, &key));
+        assert!(
+            checked
+                .iter()
+                .all(|c| c.problems == vec![StampProblem::NoKey])
+        );
+    }
+}
