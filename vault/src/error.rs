@@ -128,6 +128,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(
+        "the key directory {key_dir} is inside the vault directory {home}: copying the vault would copy its key; set LIBERTY_KEY_DIR to a directory outside it"
+    )]
+    KeyDirInsideVault { key_dir: PathBuf, home: PathBuf },
+
     #[error("cannot read this machine's id (/etc/machine-id): {detail}")]
     MachineId { detail: String },
 
@@ -155,7 +160,8 @@ impl Error {
             | Error::InvalidValue { .. }
             | Error::InvalidPassphrase { .. }
             | Error::MalformedRecoveryCode { .. }
-            | Error::Dotenv { .. } => ErrorKind::InvalidInput,
+            | Error::Dotenv { .. }
+            | Error::KeyDirInsideVault { .. } => ErrorKind::InvalidInput,
             Error::Corrupt { .. } | Error::UnsupportedVersion { .. } => ErrorKind::Corrupt,
             Error::Integrity { .. } => ErrorKind::Integrity,
             Error::WrongMachine { .. } | Error::DeviceKeyMissing { .. } => ErrorKind::WrongMachine,

@@ -86,6 +86,19 @@ pub(crate) fn location(kind: KeyStoreKind, vault_id_hex: &str) -> String {
     }
 }
 
+/// Refuses a key directory inside the vault directory (unless the keyring alone is used).
+pub(crate) fn check_key_dir_outside(home: &Path, pref: KeyStorePreference) -> Result<(), Error> {
+    if pref == KeyStorePreference::Keyring {
+        return Ok(());
+    }
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let (key_dir, home) = (absolute(&key_dir()?), absolute(home));
+    if key_dir.starts_with(&home) {
+        return Err(Error::KeyDirInsideVault { key_dir, home });
+    }
+    Ok(())
+}
+
 /// Saves the device secret; returns the store that now holds it.
 pub(crate) fn save(
     pref: KeyStorePreference,

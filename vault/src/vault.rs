@@ -152,6 +152,7 @@ impl Vault {
     /// Creates a vault in `home` (made 0700 if missing) and returns it with its recovery code,
     /// which the caller must show the user exactly once. Fails if a vault is already there.
     pub fn init(home: &Path, options: InitOptions) -> Result<(Vault, RecoveryCode), Error> {
+        keystore::check_key_dir_outside(home, options.key_store)?;
         fsio::ensure_private_dir(home)?;
         let _lock = fsio::lock_exclusive(&home.join(LOCK_FILE))?;
         let path = home.join(VAULT_FILE);
@@ -210,6 +211,7 @@ impl Vault {
         code: &RecoveryCode,
         options: RecoverOptions,
     ) -> Result<(Vault, RecoveryCode), Error> {
+        keystore::check_key_dir_outside(home, options.key_store)?;
         let path = home.join(VAULT_FILE);
         let _lock = fsio::lock_exclusive(&home.join(LOCK_FILE))?;
         let old = read_file(&path)?;

@@ -161,6 +161,16 @@ fn init_refuses_an_existing_vault() {
 }
 
 #[test]
+fn key_dir_inside_the_vault_dir_is_refused() {
+    let fx = Fixture::new();
+    // SAFETY: ENV_LOCK is held by the fixture.
+    unsafe { std::env::set_var(env::LIBERTY_KEY_DIR, fx.home.join("keys")) };
+    let err = Vault::init(&fx.home, InitOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::KeyDirInsideVault { .. }), "{err}");
+    assert!(!fx.vault_file().exists());
+}
+
+#[test]
 fn swapped_ciphertexts_fail_integrity() {
     let fx = Fixture::new();
     let (mut v, _) = fx.init();
