@@ -47,6 +47,13 @@ pub enum Command {
     Stop,
     /// Show whether the gateway runs and is healthy; exit code 1 when it is not.
     Status(Status),
+    /// Show the gateway container's output.
+    Logs(Logs),
+    /// Stop the gateway container and start it again with settings read afresh from Liberty.
+    Restart(Restart),
+    /// Build or fetch the gateway's container image.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// List agents with their lock, budget and chain state.
     Agents(Agents),
     /// Lock an agent: its requests get 429 and never reach the provider.
@@ -151,7 +158,73 @@ pub struct Start {
     #[arg(long, conflicts_with = "native")]
     pub image: Option<String>,
     #[command(flatten)]
+    pub container: ContainerFlags,
+    #[command(flatten)]
     pub overrides: Overrides,
+}
+
+/// Flags of container mode (`start`, `restart`).
+#[derive(Debug, Clone, Args)]
+pub struct ContainerFlags {
+    /// An extra label on the container (repeatable; container mode).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// How long to wait for the container to answer /healthz.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct Logs {
+    /// Keep printing new output.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines [default: all].
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct Restart {
+    /// Address to listen on [default: the running container's].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Container image to run [default: the running container's, else lockstock/gateway:<version>].
+    #[arg(long)]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build lockstock/gateway:<version> from this binary: no base image, no registry.
+    Build(ImageBuild),
+    /// Pull an image through the Docker engine; registry credentials come from Liberty
+    /// (LOCKSTOCK_REGISTRY_USER, LOCKSTOCK_REGISTRY_TOKEN) and go only to the engine's API.
+    Pull(ImagePull),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuild {
+    /// Tag of the image [default: lockstock/gateway:<version>].
+    #[arg(long, short)]
+    pub tag: Option<String>,
+    /// The gateway binary to put in the image [default: this one]; stripped on the way.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// An extra label on the image (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePull {
+    /// Image reference [default: lockstock/gateway:<version>].
+    #[arg(value_name = "REF")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Args)]

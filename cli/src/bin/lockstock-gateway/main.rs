@@ -3,6 +3,7 @@
 mod admin;
 mod agents;
 mod cli;
+mod container;
 mod native;
 mod quickstart;
 mod serve;
@@ -103,20 +104,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if args.native {
                 native::start(&src, &args).await.map(|_| ok)
             } else {
-                anyhow::bail!(
-                    "container mode is not available in this build yet; use `lockstock-gateway start --native`"
-                )
+                container::commands::start(&src, &args).await
             }
         }
-        Command::Stop => {
-            if native::stop().await? {
-                println!("stopped the native gateway");
-            } else {
-                println!("the gateway is not running");
-            }
-            Ok(ok)
-        }
+        Command::Stop => container::commands::stop().await,
         Command::Status(args) => status(args.json).await,
+        Command::Logs(args) => container::commands::logs(&args).await,
+        Command::Restart(args) => container::commands::restart(&args).await,
+        Command::Image(cmd) => container::commands::image(&cmd).await,
         Command::Agents(args) => admin::agents(&admin_client()?, args.json).await.map(|_| ok),
         Command::Lock(args) => {
             let (src, cp) = admin_ctx()?;
@@ -192,7 +187,7 @@ async fn status(json: bool) -> Result<ExitCode> {
                 format!("native, pid {pid}, on http://{addr}: {e:#}"),
             ),
         },
-        None => ("stopped", false, "no gateway is running".to_owned()),
+        None => return container::commands::status(json).await,
     };
     if json {
         println!(
