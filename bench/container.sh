@@ -3,20 +3,29 @@
 # from the stripped release binary; target < 30 MB) and the time from the container's start
 # to a healthy /healthz (target < 2 s), over RUNS starts of `lockstock-gateway start`.
 #
-#   bench/container.sh [RUNS]      (default 5)
+#   bench/container.sh [--no-build] [RUNS]      (default 5 runs)
+#
+# --no-build uses the release binaries already in $CARGO_TARGET_DIR (or target/).
 #
 # Needs a Docker engine. Uses a throw-away vault, a local control plane, and the control
 # plane's own URL as the upstream (start checks only that the upstream answers HTTP).
 # Everything it creates is labelled io.lockstock.bench=container and removed at the end.
 set -eu
 
+build=1
+if [ "${1:-}" = "--no-build" ]; then
+    build=0
+    shift
+fi
 runs=${1:-5}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 
-echo "building lockstock-gateway, liberty and lockstock-cloud (release)..." >&2
-(cd "$repo" && cargo build --release -p lockstock-cli --bin lockstock-gateway --bin liberty \
-    -p lockstock-cloud --bin lockstock-cloud >&2)
+if [ "$build" = 1 ]; then
+    echo "building lockstock-gateway, liberty and lockstock-cloud (release)..." >&2
+    (cd "$repo" && cargo build --release -p lockstock-cli --bin lockstock-gateway --bin liberty \
+        -p lockstock-cloud --bin lockstock-cloud >&2)
+fi
 gw="$target/release/lockstock-gateway"
 liberty="$target/release/liberty"
 cloud="$target/release/lockstock-cloud"
