@@ -61,12 +61,18 @@ async fn engine() -> Option<Docker> {
     if std::env::var(lockstock::env::LOCKSTOCK_REQUIRE_DOCKER).as_deref() == Ok("1") {
         panic!("LOCKSTOCK_REQUIRE_DOCKER=1 but no Docker engine answers: {why}");
     }
-    eprintln!(
-        "\n********************************************************************\n\
-         SKIPPED: no Docker engine answers ({why}).\n\
-         The container tests did not run; set LOCKSTOCK_REQUIRE_DOCKER=1 to fail instead.\n\
-         ********************************************************************\n"
-    );
+    // Written past the test harness's output capture, once, so that it is seen.
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n********************************************************************\n\
+             SKIPPED: no Docker engine answers ({why}).\n\
+             The container tests did not run; set LOCKSTOCK_REQUIRE_DOCKER=1 to fail instead.\n\
+             ********************************************************************\n"
+        );
+    });
     None
 }
 
@@ -564,6 +570,35 @@ async fn the_container_serves_sdk_traffic_keeps_secrets_out_and_stops() {
     assert!(format!("{o}{e}").contains("ready"), "{o}{e}");
     w.assert_no_secret(&format!("{o}{e}"), "the container's logs");
 
+    // logs -f follows until the container stops.
+    let mut follow =
+        w.sb.command(bin("lockstock-gateway"))
+            .args(["logs", "-f", "--tail", "5"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let follow_err = follow.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(follow_err)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("logs -f prints the log");
+    w.assert_no_secret(&first, "logs -f");
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f keeps following"
+    );
+
     // start again: already running, nothing new.
     let id = c["Id"].clone();
     let out = w.start(&[]);
@@ -580,6 +615,24 @@ async fn the_container_serves_sdk_traffic_keeps_secrets_out_and_stops() {
             .contains("stopped and removed the gateway container")
     );
     assert!(inspect(&d).await.is_none(), "stop removes the container");
+    let mut followed = None;
+    for _ in 0..100 {
+        followed = follow.try_wait().unwrap();
+        if followed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = follow.kill();
+    assert!(
+        followed.is_some_and(|s| s.success()),
+        "logs -f ends with the container: {followed:?}"
+    );
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("gateway stopped")),
+        "{rest:?}"
+    );
     let out = w.gw(&["stop"]);
     assert_ok(&out, "second stop");
     assert!(text(&out).0.contains("not running"));
@@ -912,7 +965,11 @@ async fn compose_file_is_valid_and_runs_the_gateway() {
         if std::env::var(lockstock::env::LOCKSTOCK_REQUIRE_DOCKER).as_deref() == Ok("1") {
             panic!("neither `docker compose` nor `docker-compose` is installed");
         }
-        eprintln!("SKIPPED: no docker compose tool");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: compose_file_is_valid_and_runs_the_gateway: no docker compose tool"
+        );
         return;
     };
     let _turn = TURN.lock().await;
