@@ -105,10 +105,10 @@ impl Body for MeteredBody {
                 Poll::Ready(None) => {
                     if !this.flushed {
                         this.flushed = true;
-                        if let Some(rest) = this.filter.as_mut().map(UsageChunkFilter::finish) {
-                            if !rest.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
-                            }
+                        if let Some(rest) = this.filter.as_mut().map(UsageChunkFilter::finish)
+                            && !rest.is_empty()
+                        {
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
                         }
                     }
                     this.end(Ending::Complete);

@@ -232,10 +232,10 @@ impl GatewayConfig {
             })
             .transpose()?
             .unwrap_or_default();
-        if let Some(d) = &default_agent {
-            if !agents.contains(d) {
-                agents.push(d.clone());
-            }
+        if let Some(d) = &default_agent
+            && !agents.contains(d)
+        {
+            agents.push(d.clone());
         }
         agents.sort();
         agents.dedup();

@@ -413,12 +413,11 @@ mod tests {
         let r = RequestBody::parse(Endpoint::ChatCompletions, b).unwrap();
         assert_eq!(r.ask.model, "");
         assert_eq!(r.ask.cap, None);
-        assert_eq!(
+        assert!(
             "bogus"
                 .parse::<Provider>()
                 .unwrap_err()
-                .contains("expected"),
-            true
+                .contains("expected")
         );
     }
 }

@@ -52,10 +52,10 @@ struct Worker {
 
 impl Worker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Item>) {
-        if let Some(dir) = &self.spool {
-            if let Err(e) = create_private_dir(dir) {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot create the spool directory");
-            }
+        if let Some(dir) = &self.spool
+            && let Err(e) = create_private_dir(dir)
+        {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create the spool directory");
         }
         let mut held: Vec<Item> = Vec::new();
         loop {
@@ -96,14 +96,14 @@ impl Worker {
             }
         }
         let mut failed = Vec::new();
-        if !keys.is_empty() {
-            if let Err(e) = self.cp.put_keys(keys.clone()).await {
-                log_failure("wrapped keys", &e);
-                if e.is_unreachable() || is_server_error(&e) {
-                    failed.extend(keys.into_iter().map(Item::Key));
-                    failed.extend(blobs.into_iter().map(Item::Blob));
-                    return failed;
-                }
+        if !keys.is_empty()
+            && let Err(e) = self.cp.put_keys(keys.clone()).await
+        {
+            log_failure("wrapped keys", &e);
+            if e.is_unreachable() || is_server_error(&e) {
+                failed.extend(keys.into_iter().map(Item::Key));
+                failed.extend(blobs.into_iter().map(Item::Blob));
+                return failed;
             }
         }
         let mut start = 0;

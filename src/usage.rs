@@ -157,11 +157,7 @@ impl UsageMeter {
 
     fn line_done(&mut self, line: &[u8]) {
         match self.framing {
-            Framing::Ndjson => {
-                if !line.is_empty() {
-                    self.json_event(line);
-                }
-            }
+            Framing::Ndjson if !line.is_empty() => self.json_event(line),
             Framing::Sse => {
                 if line.is_empty() {
                     let event = std::mem::take(&mut self.event);
@@ -194,13 +190,11 @@ impl UsageMeter {
 
     /// Ends metering: the body is complete, or the client or provider went away.
     pub fn finish(mut self) -> Measured {
-        if let Some(dec) = self.gunzip.take() {
-            if !self.gzip_failed {
-                if let Ok(rest) = dec.finish() {
-                    self.gunzip = None;
-                    self.decoded(&rest);
-                }
-            }
+        if let Some(dec) = self.gunzip.take()
+            && !self.gzip_failed
+            && let Ok(rest) = dec.finish()
+        {
+            self.decoded(&rest);
         }
         match self.framing {
             Framing::Sse => {

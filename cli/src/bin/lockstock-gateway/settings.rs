@@ -82,7 +82,7 @@ impl Sources {
         }
     }
 
-    fn from_vault(&self, name: &str) -> Option<Zeroizing<String>> {
+    fn vault_value(&self, name: &str) -> Option<Zeroizing<String>> {
         let v = self.vault.as_ref()?.get(name).ok()??;
         Some(Zeroizing::new(v.expose_secret().to_owned()))
     }
@@ -90,16 +90,16 @@ impl Sources {
     /// First of: the environment variables (in order), then the vault entry.
     pub fn lookup(&self, env_names: &[&'static str], vault_name: Option<&str>) -> Option<Value> {
         for name in env_names {
-            if let Ok(v) = std::env::var(name) {
-                if !v.trim().is_empty() {
-                    return Some(Value {
-                        value: Zeroizing::new(v),
-                        origin: Origin::Env(name),
-                    });
-                }
+            if let Ok(v) = std::env::var(name)
+                && !v.trim().is_empty()
+            {
+                return Some(Value {
+                    value: Zeroizing::new(v),
+                    origin: Origin::Env(name),
+                });
             }
         }
-        let v = self.from_vault(vault_name?)?;
+        let v = self.vault_value(vault_name?)?;
         (!v.trim().is_empty()).then_some(Value {
             value: v,
             origin: Origin::Vault,
@@ -116,7 +116,7 @@ impl Sources {
                     continue;
                 };
                 if let Some(id) = self
-                    .from_vault(&name)
+                    .vault_value(&name)
                     .and_then(|v| v.trim().parse::<AgentId>().ok())
                 {
                     out.push((short.to_owned(), id));
