@@ -41,6 +41,8 @@ pub const LOCKSTOCK_LOG: &str = "LOCKSTOCK_LOG";
 /// Registry credentials for `lockstock-gateway image pull`, vault names.
 pub const LOCKSTOCK_REGISTRY_USER: &str = "LOCKSTOCK_REGISTRY_USER";
 pub const LOCKSTOCK_REGISTRY_TOKEN: &str = "LOCKSTOCK_REGISTRY_TOKEN";
+/// Where the Docker engine listens (`unix:///var/run/docker.sock` when unset).
+pub const DOCKER_HOST: &str = "DOCKER_HOST";
 /// Tests that need Docker fail instead of skipping when this is `1`.
 pub const LOCKSTOCK_REQUIRE_DOCKER: &str = "LOCKSTOCK_REQUIRE_DOCKER";
 

@@ -928,9 +928,13 @@ fn without_an_engine_every_container_command_says_so_in_one_sentence() {
         ("MLS_SEED", &"ab".repeat(32)),
         ("LOCKSTOCK_AGENT_X", "agent_0123abcd_x"),
     ]);
+    // `stop` reached its goal: with no engine, no container runs.
+    let out = sb.run("lockstock-gateway", &["stop"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DOCKER_HOST"));
     for args in [
         &["start"][..],
-        &["stop"],
         &["status"],
         &["logs"],
         &["restart"],

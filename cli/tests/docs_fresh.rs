@@ -9,6 +9,7 @@ use lockstock_cli::docs::Generate;
 /// Every binary with generated docs: add one line per binary.
 const BINARIES: &[(&str, &str)] = &[
     ("liberty", env!("CARGO_BIN_EXE_liberty")),
+    ("lockstock-gateway", env!("CARGO_BIN_EXE_lockstock-gateway")),
     ("lockstock-audit", env!("CARGO_BIN_EXE_lockstock-audit")),
     ("lockstock-rotate", env!("CARGO_BIN_EXE_lockstock-rotate")),
 ];

@@ -8,7 +8,7 @@ use bollard::Docker;
 use super::Error;
 
 /// Docker's own variable naming the engine's address (`unix://…`, `tcp://…`).
-pub const DOCKER_HOST: &str = "DOCKER_HOST";
+pub use lockstock::env::DOCKER_HOST;
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 /// A connected engine.
