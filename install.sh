@@ -99,7 +99,9 @@ repo=$(cd "$(dirname "$0")" && pwd)
 say "Building LockStock (release); the first build takes a few minutes..."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
-(cd "$repo" && cargo build --release --workspace --bins --message-format=json-render-diagnostics) \
+# Test tooling (fixture servers, load generators) is not installed.
+(cd "$repo" && cargo build --release --workspace --exclude lockstock-testkit --bins \
+    --message-format=json-render-diagnostics) \
     >"$tmp/build.json" || die "cargo build failed"
 
 # Every binary cargo built for the workspace, as cargo reports it (wherever the target dir is).
