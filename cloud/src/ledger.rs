@@ -1,12 +1,16 @@
 //! The ledger writer: one thread owns the SQLite write connection and the in-memory state.
 //!
-//! Handlers send it jobs (closures) over a channel. The writer drains everything queued, runs
-//! each job in order inside one transaction, writes the agents they changed, commits once
-//! (`synchronous=FULL`: one fsync for the whole group) and only then answers every waiter.
-//! If anything in the group fails to reach the disk, every job in it gets a 500 and the
-//! in-memory state is reloaded from the database, so memory never runs ahead of the file.
+//! Handlers send it jobs (closures) over a channel. The writer runs each job in order inside
+//! an open transaction and commits it (writing the agents the jobs changed) as soon as the
+//! syncer thread is free; the syncer then fdatasyncs the WAL once for the whole group and only
+//! then answers every waiter. While one group is being synced the next one gathers, so
+//! concurrent appends share one fsync and the writer never waits on the disk.
+//! If a group fails to commit or to sync, every job in it gets an error (and the in-memory
+//! state is reloaded from the database), so no answer ever runs ahead of the disk.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use lockstock::AgentId;
@@ -62,129 +66,316 @@ impl From<rusqlite::Error> for JobError {
 type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn for<'a> FnOnce(&mut Ctx<'a>) -> Completion + Send>;
 
+/// What the writer's queue carries: work, or the syncer saying it is free again.
+enum Msg {
+    Job(Job),
+    Wake,
+}
+
 /// A handle to the writer thread; clones share it.
 #[derive(Clone)]
 pub(crate) struct Ledger {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl Ledger {
-    /// Starts the writer thread. It stops when every [`Ledger`] handle is dropped.
+    /// Starts the writer and syncer threads. They stop, after answering everything queued,
+    /// when every [`Ledger`] handle is dropped; the handle joins both.
+    ///
+    /// `conn` must be in WAL mode; `wal` is its `-wal` file, which the syncer fsyncs.
     pub fn start(
         conn: Connection,
         state: State,
         clock: Arc<dyn Clock>,
         cfg: LedgerConfig,
+        wal: PathBuf,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let idle = Arc::new(AtomicBool::new(true));
+        let syncer = {
+            let idle = idle.clone();
+            let wake = tx.downgrade();
+            std::thread::Builder::new()
+                .name("ledger-sync".into())
+                .spawn(move || syncer(&wal, sync_rx, &idle, &wake))?
+        };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer(conn, state, rx, clock, cfg))?;
+            .spawn(move || {
+                writer(conn, state, rx, clock, cfg, sync_tx, &idle);
+                if syncer.join().is_err() {
+                    tracing::error!("the ledger syncer thread panicked");
+                }
+            })?;
         Ok((Self { tx }, handle))
     }
 
-    /// Runs `f` on the writer inside the next group; its answer arrives once the group is
-    /// committed (or a 500 if the group could not be).
+    /// Runs `f` on the writer; its answer arrives once its transaction is committed and the
+    /// WAL synced to disk (or a 503 if that failed).
     pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&mut Ctx<'a>) -> Result<T, JobError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |ctx| {
-            let out = if ctx.failed {
-                None
-            } else {
-                match f(ctx) {
-                    Ok(v) => Some(Ok(v)),
-                    Err(JobError::Api(e)) => Some(Err(e)),
-                    Err(JobError::Db(e)) => {
-                        tracing::error!(error = %e, "ledger write failed; the group will be rolled back");
-                        ctx.failed = true;
-                        None
-                    }
-                }
-            };
-            Box::new(move |committed| {
-                let reply = match out {
-                    Some(r) if committed => r,
-                    _ => Err(ApiError::unavailable(
-                        "the ledger could not commit this request to disk; nothing was recorded, retry",
-                    )),
-                };
-                let _ = tx.send(reply);
-            })
-        });
         self.tx
-            .send(job)
+            .send(Msg::Job(job(f, tx)))
             .await
-            .map_err(|_| ApiError::unavailable("the control plane is shutting down"))?;
-        rx.await
-            .map_err(|_| ApiError::unavailable("the control plane is shutting down"))?
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?
+    }
+
+    /// Like [`Ledger::run`], from a thread outside the async runtime; the answer goes to `reply`.
+    pub fn submit_blocking<T, F>(&self, f: F, reply: oneshot::Sender<Result<T, ApiError>>)
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&mut Ctx<'a>) -> Result<T, JobError> + Send + 'static,
+    {
+        // If the writer is gone the job is dropped with `reply`, which the caller sees.
+        let _ = self.tx.blocking_send(Msg::Job(job(f, reply)));
     }
 }
 
+pub(crate) fn shutting_down() -> ApiError {
+    ApiError::unavailable("the control plane is shutting down")
+}
+
+/// Wraps `f` so that its answer reaches `reply` only once it is durable.
+fn job<T, F>(f: F, reply: oneshot::Sender<Result<T, ApiError>>) -> Job
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&mut Ctx<'a>) -> Result<T, JobError> + Send + 'static,
+{
+    Box::new(move |ctx| {
+        let out = if ctx.failed {
+            None
+        } else {
+            match f(ctx) {
+                Ok(v) => Some(Ok(v)),
+                Err(JobError::Api(e)) => Some(Err(e)),
+                Err(JobError::Db(e)) => {
+                    tracing::error!(error = %e, "ledger write failed; the transaction will be rolled back");
+                    ctx.failed = true;
+                    None
+                }
+            }
+        };
+        Box::new(move |durable| {
+            let answer = match out {
+                Some(r) if durable => r,
+                _ => Err(ApiError::unavailable(
+                    "the ledger could not write this request to disk; retry (retries are safe)",
+                )),
+            };
+            let _ = reply.send(answer);
+        })
+    })
+}
+
+/// Most jobs in one transaction while the previous one is still being synced.
+const MAX_PENDING: usize = 16 * 1024;
+
+/// The writer: runs jobs into an open transaction and commits it whenever the syncer is free
+/// (so at most one fsync is in flight and the next group gathers meanwhile), then hands the
+/// group's answers to the syncer. Commits use `synchronous=NORMAL` (no fsync of their own);
+/// durability comes from the syncer's fdatasync of the WAL, which happens before any answer.
 fn writer(
     conn: Connection,
     mut state: State,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Msg>,
     clock: Arc<dyn Clock>,
     cfg: LedgerConfig,
+    sync_tx: std::sync::mpsc::Sender<Vec<Completion>>,
+    idle: &AtomicBool,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(256);
+    let mut pending: Vec<Completion> = Vec::with_capacity(256);
+    let mut in_txn = false;
     let mut stale = false;
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
+    let mut closed = false;
+    let mut stats = Stats::default();
+    let fail = |pending: &mut Vec<Completion>| {
+        for done in pending.drain(..) {
+            done(false);
+        }
+    };
+    loop {
+        let can_commit = !pending.is_empty() && idle.load(Ordering::Acquire);
+        if !can_commit && !closed {
+            match rx.blocking_recv() {
+                Some(Msg::Job(job)) => jobs.push(job),
+                Some(Msg::Wake) => {}
+                None => closed = true,
+            }
+        }
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let now_ms = clock.now_ms();
-        if stale {
-            match State::load(&conn, now_ms, cfg.reservation_ttl_ms) {
-                Ok(s) => {
-                    state = s;
-                    stale = false;
-                    tracing::info!("ledger state reloaded from the database");
+                Ok(Msg::Job(job)) => jobs.push(job),
+                Ok(Msg::Wake) => {}
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
                 }
-                Err(e) => tracing::error!(error = %e, "cannot reload the ledger state"),
             }
         }
-        let mut failed = stale;
-        if !failed && let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, "cannot begin a ledger transaction");
-            failed = true;
-        }
-        let mut ctx = Ctx {
-            conn: &conn,
-            state: &mut state,
-            now_ms,
-            cfg: &cfg,
-            failed,
-        };
-        let completions: Vec<Completion> = jobs.drain(..).map(|job| job(&mut ctx)).collect();
-        let mut ok = !ctx.failed;
-        if ok && let Err(e) = state.flush(&conn) {
-            tracing::error!(error = %e, "cannot write agent state");
-            ok = false;
-        }
-        if ok && let Err(e) = conn.execute_batch("COMMIT") {
-            tracing::error!(error = %e, "ledger commit failed");
-            ok = false;
-        }
-        if !ok {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+        if !jobs.is_empty() {
+            let now_ms = clock.now_ms();
+            if stale && !in_txn {
+                match State::load(&conn, now_ms, cfg.reservation_ttl_ms) {
+                    Ok(s) => {
+                        state = s;
+                        stale = false;
+                        tracing::info!("ledger state reloaded from the database");
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot reload the ledger state"),
+                }
             }
-            stale = true;
+            let mut failed = stale;
+            if !failed && !in_txn {
+                match conn.execute_batch("BEGIN IMMEDIATE") {
+                    Ok(()) => in_txn = true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot begin a ledger transaction");
+                        failed = true;
+                    }
+                }
+            }
+            let mut ctx = Ctx {
+                conn: &conn,
+                state: &mut state,
+                now_ms,
+                cfg: &cfg,
+                failed,
+            };
+            stats.jobs += jobs.len() as u64;
+            pending.extend(jobs.drain(..).map(|job| job(&mut ctx)));
+            if ctx.failed {
+                if in_txn {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    in_txn = false;
+                }
+                stale = true;
+                fail(&mut pending);
+            }
         }
-        for done in completions {
-            done(ok);
+        if in_txn && (idle.load(Ordering::Acquire) || pending.len() >= MAX_PENDING || closed) {
+            let start = std::time::Instant::now();
+            let mut ok = true;
+            if let Err(e) = state.flush(&conn) {
+                tracing::error!(error = %e, "cannot write agent state");
+                ok = false;
+            }
+            if ok && let Err(e) = conn.execute_batch("COMMIT") {
+                tracing::error!(error = %e, "ledger commit failed");
+                ok = false;
+            }
+            in_txn = false;
+            stats.commit(start.elapsed());
+            if ok {
+                idle.store(false, Ordering::Release);
+                if let Err(lost) = sync_tx.send(std::mem::take(&mut pending)) {
+                    fail(&mut { lost.0 });
+                }
+            } else {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                stale = true;
+                fail(&mut pending);
+            }
+        }
+        if closed && !in_txn && jobs.is_empty() {
+            break;
         }
     }
+    drop(sync_tx);
     tracing::debug!("ledger writer stopped");
+}
+
+/// The syncer: fdatasyncs the WAL once for every group committed since its last sync, then
+/// releases their answers, oldest first.
+fn syncer(
+    wal: &Path,
+    rx: std::sync::mpsc::Receiver<Vec<Completion>>,
+    idle: &AtomicBool,
+    wake: &mpsc::WeakSender<Msg>,
+) {
+    let mut file: Option<(std::fs::File, u64)> = None;
+    let mut stats = Stats::default();
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            groups.push(more);
+        }
+        let start = std::time::Instant::now();
+        let durable = match sync_file(wal, &mut file) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, path = %wal.display(), "fsync of the ledger WAL failed");
+                file = None;
+                false
+            }
+        };
+        stats.sync(start.elapsed());
+        idle.store(true, Ordering::Release);
+        if let Some(tx) = wake.upgrade() {
+            let _ = tx.try_send(Msg::Wake);
+        }
+        for done in groups.into_iter().flatten() {
+            done(durable);
+        }
+    }
+}
+
+/// fdatasync of `path`, through a cached handle that is reopened if the file was replaced.
+fn sync_file(path: &Path, file: &mut Option<(std::fs::File, u64)>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path)?.ino();
+    if file.as_ref().is_none_or(|(_, ino)| *ino != inode) {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        let ino = f.metadata()?.ino();
+        *file = Some((f, ino));
+    }
+    file.as_ref().expect("just opened").0.sync_data()
+}
+
+/// Group-commit figures, logged at debug level every ten seconds.
+#[derive(Default)]
+struct Stats {
+    since: Option<std::time::Instant>,
+    jobs: u64,
+    events: u64,
+    busy: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Stats {
+    fn commit(&mut self, took: std::time::Duration) {
+        self.event(took, "ledger commits");
+    }
+
+    fn sync(&mut self, took: std::time::Duration) {
+        self.event(took, "ledger WAL syncs");
+    }
+
+    fn event(&mut self, took: std::time::Duration, what: &'static str) {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        self.events += 1;
+        self.busy += took;
+        self.max = self.max.max(took);
+        if since.elapsed() >= std::time::Duration::from_secs(10) {
+            tracing::debug!(
+                count = self.events,
+                jobs = self.jobs,
+                avg_us = (self.busy / self.events.max(1) as u32).as_micros() as u64,
+                max_us = self.max.as_micros() as u64,
+                "{what}"
+            );
+            *self = Self::default();
+        }
+    }
 }
 
 /// A stamp whose structure and signature the handler has checked (`Ok(hash)`), or why not.

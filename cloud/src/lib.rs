@@ -19,6 +19,7 @@ mod routes;
 mod sentinel;
 mod server;
 mod state;
+mod verify;
 
 use std::path::{Path, PathBuf};
 

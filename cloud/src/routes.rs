@@ -24,7 +24,7 @@ use lockstock::api::{
     MAX_BLOB_BYTES, MAX_STAMPS_PER_APPEND, ProvisionRequest, PutKeysRequest,
     RotateGatewayKeyResponse, SentinelUpdate, UploadBlobsRequest, UploadBlobsResponse,
 };
-use lockstock::chain::{Hash32, SignedStamp, verify_many};
+use lockstock::chain::Hash32;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -32,8 +32,9 @@ use serde::de::DeserializeOwned;
 use crate::admin;
 use crate::error::ApiError;
 use crate::keys::{KeyHashes, Role};
-use crate::ledger::{self, Checked, CheckedBlob, Ledger};
+use crate::ledger::{self, CheckedBlob, Ledger};
 use crate::read::{self, ReadPool};
+use crate::verify::Verifier;
 
 /// Body limit of JSON routes.
 pub const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -41,11 +42,10 @@ pub const JSON_LIMIT: usize = 4 * 1024 * 1024;
 pub const BLOBS_LIMIT: usize = MAX_BLOB_BYTES / 3 * 4 + 8 * 1024 * 1024;
 /// Most blobs or wrapped keys in one call.
 pub const MAX_ITEMS: usize = 1024;
-/// Appends up to this many stamps verify on the async worker; bigger ones on a blocking thread.
-const INLINE_VERIFY: usize = 16;
 
 pub(crate) struct Inner {
     pub ledger: Ledger,
+    pub verifier: Verifier,
     pub reads: Arc<ReadPool>,
     /// Bound agent keys, for signature checks before the writer sees a stamp.
     pub keys: RwLock<HashMap<AgentId, VerifyingKey>>,
@@ -87,6 +87,7 @@ pub(crate) fn router(app: App) -> Router {
         .route_layer(from_fn_with_state(app.clone(), gateway_or_admin));
     Router::new()
         .route("/", get(dashboard))
+        .route("/dashboard.js", get(dashboard_js))
         .route("/v1/health", get(health))
         .merge(admin)
         .merge(gateway)
@@ -292,15 +293,34 @@ async fn health() -> Json<Health> {
     })
 }
 
-async fn dashboard() -> Response {
+/// Headers for the dashboard's static files: no framing, no inline script, API calls to self.
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (CONTENT_TYPE, content_type),
             (CACHE_CONTROL, "no-store"),
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (http::header::REFERRER_POLICY, "no-referrer"),
         ],
-        include_str!("dashboard.html"),
+        body,
     )
         .into_response()
+}
+
+async fn dashboard() -> Response {
+    static_file("text/html; charset=utf-8", include_str!("dashboard.html"))
+}
+
+async fn dashboard_js() -> Response {
+    static_file(
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard.js"),
+    )
 }
 
 // ---- gateway (and admin) ----
@@ -318,34 +338,6 @@ async fn activate(
         .await?;
     app.keys.write().expect("key cache lock").insert(id, key);
     Ok(axum::Json(policy))
-}
-
-fn verify(stamps: Vec<SignedStamp>, keys: Vec<Option<VerifyingKey>>) -> Vec<Checked> {
-    let items: Vec<(&SignedStamp, &VerifyingKey)> = stamps
-        .iter()
-        .zip(&keys)
-        .filter_map(|(s, k)| k.as_ref().map(|k| (s, k)))
-        .collect();
-    let mut results = verify_many(&items).into_iter();
-    let checks: Vec<Result<Hash32, String>> = stamps
-        .iter()
-        .zip(&keys)
-        .map(|(s, key)| match key {
-            None => Err(format!(
-                "agent {} is not activated; activate it with its genesis token first",
-                s.stamp.agent_id
-            )),
-            Some(_) => results
-                .next()
-                .expect("one result per verified stamp")
-                .map_err(|e| e.to_string()),
-        })
-        .collect();
-    stamps
-        .into_iter()
-        .zip(checks)
-        .map(|(signed, check)| Checked { signed, check })
-        .collect()
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -371,17 +363,7 @@ async fn append(
             .map(|s| cache.get(&s.stamp.agent_id).copied())
             .collect()
     };
-    let checked = if n <= INLINE_VERIFY {
-        verify(req.stamps, keys)
-    } else {
-        tokio::task::spawn_blocking(move || verify(req.stamps, keys))
-            .await
-            .map_err(|e| ApiError::internal(&e))?
-    };
-    let results = app
-        .ledger
-        .run(move |ctx| ledger::append(ctx, checked))
-        .await?;
+    let results = app.verifier.append(req.stamps, keys).await?;
     Ok(axum::Json(lockstock::api::AppendResponse { results }))
 }
 

@@ -20,6 +20,7 @@ use crate::ledger::{Ledger, LedgerConfig};
 use crate::read::ReadPool;
 use crate::routes::{App, Inner, router};
 use crate::state::State;
+use crate::verify::Verifier;
 use crate::{Error, db};
 
 /// Certificate chain and private key, PEM files.
@@ -143,10 +144,15 @@ pub async fn serve(
         .filter_map(|a| a.key.map(|k| (a.id.clone(), k)))
         .collect();
     let agents = state.agents.len();
+    // Commits skip their own fsync; the ledger's syncer fdatasyncs the WAL before answering.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let wal = dir.join(format!("{}-wal", db::DB_FILE));
     let (ledger, writer) =
-        Ledger::start(conn, state, config.clock.clone(), ledger_cfg).map_err(Error::Listen)?;
+        Ledger::start(conn, state, config.clock.clone(), ledger_cfg, wal).map_err(Error::Listen)?;
+    let (verifier, verifier_thread) = Verifier::start(ledger.clone()).map_err(Error::Listen)?;
     let app = App(Arc::new(Inner {
         ledger,
+        verifier,
         reads: ReadPool::new(db::db_path(&dir)),
         keys: RwLock::new(keys),
         auth: RwLock::new(hashes),
@@ -220,7 +226,8 @@ pub async fn serve(
     let _ = poller.await;
     drop(svc);
     // Every ledger handle is gone now: the writer finishes its queue and exits.
-    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+    let joined =
+        tokio::task::spawn_blocking(move || verifier_thread.join().and(writer.join())).await;
     if !matches!(joined, Ok(Ok(()))) {
         return Err(Error::WriterStopped);
     }

@@ -1,12 +1,14 @@
 //! The `lockstock-cloud` binary: init, serve (HTTP and HTTPS), key rotation, signals, files.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Proc, cloud_bin, init_with_binary};
+use binary::{Proc, cloud_bin, init_with_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -93,17 +95,8 @@ async fn rotate_gateway_from_the_cli_retires_the_old_key_in_a_running_server() {
     server.client(&admin).agents().await.unwrap();
     server.client(&old).append(&[]).await.unwrap_err();
 
-    let out = cloud_bin()
-        .args(["keys", "rotate-gateway", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let new = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let stdout = binary::run_ok(&["keys", "rotate-gateway"], dir.path());
+    let new = String::from_utf8(stdout).unwrap().trim().to_owned();
     assert!(new.starts_with("lsk_gateway_") && new != old);
 
     // The running server picks the change up within a second or so.

@@ -1,13 +1,15 @@
 //! kill -9 the real server while eight clients append; every acknowledged stamp survives and
 //! every chain verifies end to end after a restart.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, init_with_binary};
+use binary::{Proc, init_with_binary};
 use lockstock::AgentId;
 use lockstock::chain::{Hash32, Head, verify_chain};
 use lockstock::client::ControlPlane;

@@ -623,3 +623,28 @@ async fn health_is_public_and_unknown_routes_are_json_404s() {
     assert_eq!(status, 405);
     assert!(message(&body).contains("DELETE"));
 }
+
+#[tokio::test]
+async fn the_dashboard_is_static_and_locked_down() {
+    use http_body_util::BodyExt;
+    let server = Server::start().await;
+    let client = lockstock::http::client(Default::default());
+    for (path, kind, needle) in [
+        ("/", "text/html", "sessionStorage"),
+        ("/dashboard.js", "text/javascript", "Authorization"),
+    ] {
+        let req = http::Request::get(format!("{}{path}", server.url))
+            .body(lockstock::http::full(Vec::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let headers = resp.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains(needle), "{path}");
+        assert!(!text.contains(server.admin_key()));
+    }
+}
