@@ -218,6 +218,7 @@ impl Pairing {
 /// An open audit of one agent.
 pub struct Auditor {
     cp: ControlPlane,
+    pages: ledger::Pages,
     agent: AgentId,
     keyring: Keyring,
     walker: ChainWalker,
@@ -227,10 +228,11 @@ impl Auditor {
     /// Checks the account key against the control plane before anything is read, so a wrong
     /// key is refused before a single line is printed.
     pub async fn open(
-        cp: ControlPlane,
+        pages: ledger::Pages,
         agent: AgentId,
         account: AccountKey,
     ) -> Result<Self, AuditError> {
+        let cp = pages.control_plane().clone();
         let info = cp.account().await.map_err(api("the account"))?;
         check_account(&info, &account)?;
         let agent_info = match cp.agent(&agent).await {
@@ -252,6 +254,7 @@ impl Auditor {
         Ok(Self {
             walker: ChainWalker::new(agent.clone(), key),
             cp,
+            pages,
             agent,
             keyring,
         })
@@ -328,8 +331,8 @@ impl Auditor {
         &self,
         after: u64,
     ) -> tokio::task::JoinHandle<Result<lockstock::api::StampPage, ClientError>> {
-        let (cp, agent) = (self.cp.clone(), self.agent.clone());
-        tokio::spawn(async move { ledger::page(&cp, &agent, after).await })
+        let (pages, agent) = (self.pages.clone(), self.agent.clone());
+        tokio::spawn(async move { pages.get(&agent, after).await })
     }
 
     fn emit_one<F>(ex: &Exchange, emit: &mut F, sum: &mut Summary) -> Result<(), AuditError>

@@ -241,6 +241,19 @@ impl Sources {
         Ok(ControlPlane::new(&url, &key)?)
     }
 
+    /// A reader of the control plane with the admin key: the client, and its stamp-page
+    /// reader.
+    pub fn admin_reader(
+        &self,
+        url_flag: Option<&str>,
+        key_flag: Option<&str>,
+    ) -> Result<super::ledger::Pages, ConfigError> {
+        let (url, _) = self.url(url_flag)?;
+        let (key, _) = self.admin_key(key_flag)?;
+        let cp = ControlPlane::new(&url, &key)?;
+        Ok(super::ledger::Pages::new(cp, &key)?)
+    }
+
     /// Writes Liberty entries in one atomic write.
     pub fn vault_set(&mut self, items: &[(&'static str, &str)]) -> Result<(), ConfigError> {
         let name = items.first().map_or("", |(n, _)| *n);

@@ -92,11 +92,12 @@ impl AgentReport {
 
 /// Verifies one agent's chain, blobs and data keys.
 pub async fn verify_agent(
-    cp: &ControlPlane,
+    pages: &ledger::Pages,
     info: &AgentInfo,
     account: &AccountInfo,
     opts: &VerifyOptions,
 ) -> Result<AgentReport, VerifyError> {
+    let cp = pages.control_plane();
     let agent = info.agent_id.clone();
     let mut report = AgentReport {
         agent_id: agent.clone(),
@@ -142,8 +143,8 @@ pub async fn verify_agent(
     let mut head_seen: Option<Hash32> = None;
     let mut after = 0u64;
     let spawn = |after: u64| {
-        let (cp, agent) = (cp.clone(), agent.clone());
-        tokio::spawn(async move { ledger::page(&cp, &agent, after).await })
+        let (pages, agent) = (pages.clone(), agent.clone());
+        tokio::spawn(async move { pages.get(&agent, after).await })
     };
     let mut next = Some(spawn(after));
     while let Some(handle) = next.take() {

@@ -54,7 +54,8 @@ fn warn_argv(conn: &Connection) {
 async fn read(conn: &Connection, args: Read) -> Result<ExitCode> {
     warn_argv(conn);
     let src = Sources::load();
-    let cp = src.admin_client(conn.url.as_deref(), conn.api_key.as_deref())?;
+    let pages = src.admin_reader(conn.url.as_deref(), conn.api_key.as_deref())?;
+    let cp = pages.control_plane().clone();
     let (account, origin) =
         src.account_key(conn.account_key.as_deref().map(|k| ("--account-key", k)))?;
     let now = now_ms();
@@ -74,7 +75,7 @@ async fn read(conn: &Connection, args: Read) -> Result<ExitCode> {
         ..Options::default()
     };
     let agent = resolve_agent(&cp, args.agent_id.as_deref().unwrap_or_default()).await?;
-    let mut auditor = match Auditor::open(cp.clone(), agent.clone(), account).await {
+    let mut auditor = match Auditor::open(pages.clone(), agent.clone(), account).await {
         Err(AuditError::WrongAccountKey(wrong)) if !matches!(origin, Origin::Flag(_)) => {
             // A rotation interrupted after the switch leaves the new key only in …_NEXT.
             let next = src.pending_rotation_key()?;
@@ -85,7 +86,7 @@ async fn read(conn: &Connection, args: Read) -> Result<ExitCode> {
                         "note: using {}: a key rotation was interrupted after the switch; run `lockstock-rotate --resume` to finish it",
                         lockstock_cli::admin::config::LOCKSTOCK_ACCOUNT_KEY_NEXT
                     );
-                    Auditor::open(cp, agent.clone(), next).await?
+                    Auditor::open(pages, agent.clone(), next).await?
                 }
                 None => return Err(AuditError::WrongAccountKey(wrong).into()),
             }
@@ -147,7 +148,8 @@ async fn read(conn: &Connection, args: Read) -> Result<ExitCode> {
 async fn verify(conn: &Connection, args: Verify) -> Result<ExitCode> {
     warn_argv(conn);
     let src = Sources::load();
-    let cp = src.admin_client(conn.url.as_deref(), conn.api_key.as_deref())?;
+    let pages = src.admin_reader(conn.url.as_deref(), conn.api_key.as_deref())?;
+    let cp = pages.control_plane().clone();
     let info = cp.account().await.context("reading the account")?;
     let explicit = conn.account_key.is_some();
     let account = match src
@@ -202,7 +204,7 @@ async fn verify(conn: &Connection, args: Verify) -> Result<ExitCode> {
     let mut out = stdout.lock();
     let mut failed = 0;
     for a in &agents {
-        let report = verify_agent(&cp, a, &info, &opts).await?;
+        let report = verify_agent(&pages, a, &info, &opts).await?;
         if !report.ok() {
             failed += 1;
         }

@@ -9,7 +9,7 @@ use lockstock_cli::admin::audit::{Body, Exchange, Side};
 use lockstock_cli::admin::timefmt::format_ms;
 use lockstock_cli::admin::transcript::{self, parse_reply, parse_request};
 use lockstock_cli::admin::verify::AgentReport;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 fn verdict(v: &Verdict) -> (&'static str, Option<String>) {
     match v {
@@ -37,70 +37,108 @@ fn flag_names(f: u8) -> Vec<&'static str> {
     .collect()
 }
 
-fn side_json(side: &Side) -> Value {
+/// One side of an exchange as JSON; the body is borrowed, not copied into a tree.
+#[derive(Serialize)]
+struct SideOut<'a> {
+    seq: u64,
+    kind: &'static str,
+    time: String,
+    time_ms: u64,
+    model: &'a str,
+    tokens_in: u64,
+    tokens_out: u64,
+    /// Request stamps always carry an estimate; responses when the provider reported none.
+    estimated: bool,
+    flags: Vec<&'static str>,
+    verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ref_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    hash: String,
+    /// `decrypted`, `unavailable` (not an error) or `refused`.
+    blob: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The decrypted body, exactly, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation: Option<transcript::Request>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<transcript::Reply>,
+}
+
+fn side_out(side: &Side) -> SideOut<'_> {
     let r = &side.record;
     let s = &r.signed.stamp;
-    let (verdict, reason) = verdict(&r.verdict);
-    let mut o = json!({
-        "seq": s.seq,
-        "kind": s.kind.as_str(),
-        "time": format_ms(s.time_ms),
-        "time_ms": s.time_ms,
-        "model": s.model,
-        "tokens_in": s.tokens_in,
-        "tokens_out": s.tokens_out,
-        "estimated": s.kind == StampKind::Request || s.flags & flags::ESTIMATED != 0,
-        "flags": flag_names(s.flags),
-        "verdict": verdict,
-        "hash": r.hash.to_hex(),
-    });
-    let m = o.as_object_mut().expect("an object");
-    if let Some(reason) = reason {
-        m.insert("verdict_reason".into(), reason.into());
-    }
-    if s.kind == StampKind::Response {
-        m.insert("ref_seq".into(), s.ref_seq.into());
-        m.insert("status".into(), s.status.into());
-    }
+    let (verdict, verdict_reason) = verdict(&r.verdict);
+    let response = s.kind == StampKind::Response;
+    let mut out = SideOut {
+        seq: s.seq,
+        kind: s.kind.as_str(),
+        time: format_ms(s.time_ms),
+        time_ms: s.time_ms,
+        model: &s.model,
+        tokens_in: s.tokens_in,
+        tokens_out: s.tokens_out,
+        estimated: !response || s.flags & flags::ESTIMATED != 0,
+        flags: flag_names(s.flags),
+        verdict,
+        verdict_reason,
+        ref_seq: response.then_some(s.ref_seq),
+        status: response.then_some(s.status),
+        hash: r.hash.to_hex(),
+        blob: "decrypted",
+        reason: None,
+        body: None,
+        body_base64: None,
+        conversation: None,
+        reply: None,
+    };
     match &side.body {
         Body::Plain(bytes) => {
-            m.insert("blob".into(), "decrypted".into());
             match std::str::from_utf8(bytes) {
-                Ok(text) => m.insert("body".into(), text.into()),
-                Err(_) => m.insert(
-                    "body_base64".into(),
-                    base64::engine::general_purpose::STANDARD
-                        .encode(bytes.as_slice())
-                        .into(),
-                ),
-            };
-            let parsed = match s.kind {
-                StampKind::Request => parse_request(bytes).map(|p| ("conversation", json!(p))),
-                StampKind::Response => parse_reply(bytes).map(|p| ("reply", json!(p))),
-            };
-            if let Some((k, v)) = parsed {
-                m.insert(k.into(), v);
+                Ok(text) => out.body = Some(text),
+                Err(_) => {
+                    out.body_base64 =
+                        Some(base64::engine::general_purpose::STANDARD.encode(bytes.as_slice()))
+                }
+            }
+            match s.kind {
+                StampKind::Request => out.conversation = parse_request(bytes),
+                StampKind::Response => out.reply = parse_reply(bytes),
             }
         }
         Body::Unavailable(u) => {
-            m.insert("blob".into(), "unavailable".into());
-            m.insert("reason".into(), u.to_string().into());
+            out.blob = "unavailable";
+            out.reason = Some(u.to_string());
         }
         Body::Refused(r) => {
-            m.insert("blob".into(), "refused".into());
-            m.insert("reason".into(), r.reason.clone().into());
+            out.blob = "refused";
+            out.reason = Some(r.reason.clone());
         }
     }
-    o
+    out
 }
 
 /// One line of JSON: `{"agent_id", "request", "response"}`.
 pub fn exchange_json(out: &mut impl Write, ex: &Exchange) -> std::io::Result<()> {
-    let v = json!({
-        "agent_id": ex.agent.as_str(),
-        "request": ex.request.as_ref().map(side_json),
-        "response": ex.response.as_ref().map(side_json),
-    });
+    #[derive(Serialize)]
+    struct ExchangeOut<'a> {
+        agent_id: &'a str,
+        request: Option<SideOut<'a>>,
+        response: Option<SideOut<'a>>,
+    }
+    let v = ExchangeOut {
+        agent_id: ex.agent.as_str(),
+        request: ex.request.as_ref().map(side_out),
+        response: ex.response.as_ref().map(side_out),
+    };
     serde_json::to_writer(&mut *out, &v)?;
     out.write_all(b"\n")
 }
