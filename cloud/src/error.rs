@@ -7,18 +7,19 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use lockstock::api::ErrorBody;
 
-/// Everything the library can fail at. Messages name the thing, never a secret.
+/// Everything the library can fail at. Messages name the thing, never a secret; the cause is
+/// the error's `source()` (print the chain, e.g. with `{:#}` in anyhow).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("cannot prepare the data directory {path}: {source}")]
+    #[error("cannot prepare the data directory {path}")]
     DataDir { path: PathBuf, source: io::Error },
-    #[error("cannot open the ledger database {path}: {source}")]
+    #[error("cannot open the ledger database {path}")]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("the ledger database failed: {0}")]
+    #[error("the ledger database failed")]
     Db(#[from] rusqlite::Error),
     #[error("an account already exists in {0}; refusing to create another")]
     AccountExists(PathBuf),
@@ -122,6 +123,6 @@ impl From<rusqlite::Error> for ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        Self::internal(&e)
+        Self::internal(&lockstock::error_chain(&e))
     }
 }

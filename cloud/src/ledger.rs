@@ -229,7 +229,10 @@ fn writer(
                         stale = false;
                         tracing::info!("ledger state reloaded from the database");
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot reload the ledger state"),
+                    Err(e) => tracing::error!(
+                        error = %lockstock::error_chain(&e),
+                        "cannot reload the ledger state"
+                    ),
                 }
             }
             let mut failed = stale;

@@ -128,6 +128,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let dir = config.data_dir.clone();
+    if !db::db_path(&dir).exists() {
+        return Err(Error::NoAccount(dir));
+    }
     let _dir_lock = db::lock_dir(&dir)?;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let conn = db::open_rw(&dir, false)?;
