@@ -384,6 +384,43 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
     assert_eq!(stdout.matches(": ok: ").count(), 2, "{stdout}");
     assert!(stdout.contains("1 data keys opened"), "{stdout}");
 
+    // An out-of-band copy of the agent's public key: the right one verifies, another does not.
+    let public = w
+        .cloud
+        .admin()
+        .agent(&agent)
+        .await
+        .unwrap()
+        .public_key
+        .unwrap();
+    let out = w.audit(&[
+        "verify",
+        "--agent-id",
+        agent.as_str(),
+        "--public-key",
+        &public,
+    ]);
+    assert!(out.status.success(), "{}", text(&out).0);
+    let stranger = hex::encode(
+        lockstock::agent::signing_key(&seed(), &agent)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let out = w.audit(&[
+        "verify",
+        "--agent-id",
+        agent.as_str(),
+        "--public-key",
+        &stranger,
+    ]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.contains("differs from the one given"), "{stdout}");
+    assert!(
+        stdout.contains("seq 1: signature does not verify"),
+        "{stdout}"
+    );
+
     w.with_db_offline(|db| {
         // A blob (seq 2, the first answer), a stamp (seq 3, the second request) and the
         // other agent's wrapped data key each get one bit flipped.
@@ -446,6 +483,30 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
         "{stdout}"
     );
     assert!(w.audit(&["verify", "--all"]).status.code() == Some(1));
+
+    // A rotation cannot re-wrap a data key that does not open: it stops before changing anything.
+    let keys_before = w.cloud.admin().keys(&agent).await.unwrap().keys;
+    let out = w.sb.run(ROTATE, &["--generate"], None);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("do not open with the old key"), "{stderr}");
+    assert!(stderr.contains("nothing was lost"), "{stderr}");
+    assert_eq!(
+        w.sb.ok("liberty", &["show", "LOCKSTOCK_ACCOUNT_KEY"], None)
+            .trim(),
+        w.account
+    );
+    let account = w.cloud.admin().account().await.unwrap();
+    let old_id = lockstock::seal::AccountKey::from_hex(&w.account)
+        .unwrap()
+        .public_key()
+        .key_id();
+    assert_eq!(account.key_id.as_deref(), Some(old_id.as_str()));
+    assert_eq!(
+        w.cloud.admin().keys(&agent).await.unwrap().keys,
+        keys_before,
+        "nothing uploaded"
+    );
 
     // Audit refuses exactly the damaged entries, says why, and shows the rest.
     let out = w.audit(&["--agent-id", agent.as_str(), "--format", "json"]);
