@@ -15,6 +15,10 @@ pub const LOCKSTOCK_UPSTREAM_URL: &str = "LOCKSTOCK_UPSTREAM_URL";
 pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
 /// Account key (64 hex), vault name. Only the admin tools ever read the secret.
 pub const LOCKSTOCK_ACCOUNT_KEY: &str = "LOCKSTOCK_ACCOUNT_KEY";
+/// Public half of the account key, vault name (what a native gateway seals to).
+pub const LOCKSTOCK_ACCOUNT_PUBLIC_KEY: &str = "LOCKSTOCK_ACCOUNT_PUBLIC_KEY";
+/// The account key a rotation is moving to, kept in the vault until the rotation finishes.
+pub const LOCKSTOCK_ACCOUNT_KEY_NEXT: &str = "LOCKSTOCK_ACCOUNT_KEY_NEXT";
 /// Account key, container name. The gateway derives the public half and drops the secret.
 pub const ACCOUNT_KEY: &str = "ACCOUNT_KEY";
 /// Public half of the account key (64 hex): all the gateway needs to seal transcripts.

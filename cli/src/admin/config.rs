@@ -11,10 +11,7 @@ use lockstock::env;
 use lockstock::seal::AccountKey;
 use zeroize::Zeroizing;
 
-/// Liberty entry holding the account key a rotation is moving to, until it is finished.
-pub const LOCKSTOCK_ACCOUNT_KEY_NEXT: &str = "LOCKSTOCK_ACCOUNT_KEY_NEXT";
-/// Liberty entry holding the public half of the account key (what a native gateway seals to).
-pub const LOCKSTOCK_ACCOUNT_PUBLIC_KEY: &str = "LOCKSTOCK_ACCOUNT_PUBLIC_KEY";
+pub use lockstock::env::{LOCKSTOCK_ACCOUNT_KEY_NEXT, LOCKSTOCK_ACCOUNT_PUBLIC_KEY};
 
 /// Where a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -107,7 +107,7 @@ pub async fn account_init(src: &mut Sources, flags: &Overrides) -> Result<()> {
     // Keep it before registering: a key registered but lost would make transcripts unreadable.
     let vault = src.vault_mut()?;
     vault.create(env::LOCKSTOCK_ACCOUNT_KEY, &secret(&key.to_hex()))?;
-    vault.set("LOCKSTOCK_ACCOUNT_PUBLIC_KEY", &secret(&public.to_hex()))?;
+    vault.set(env::LOCKSTOCK_ACCOUNT_PUBLIC_KEY, &secret(&public.to_hex()))?;
     admin
         .set_account_key(&AccountKeyRequest {
             public_key: public.to_hex(),

@@ -224,7 +224,7 @@ impl Resolved {
         let account_public = src
             .lookup(
                 &[env::ACCOUNT_PUBLIC_KEY],
-                Some("LOCKSTOCK_ACCOUNT_PUBLIC_KEY"),
+                Some(env::LOCKSTOCK_ACCOUNT_PUBLIC_KEY),
             )
             .or_else(|| {
                 // Older vaults hold only the secret: derive its public half, keep nothing else.
