@@ -6,7 +6,7 @@
 //! ([`lockstock::seal::open`]); the gateway binary never calls into it.
 
 pub mod audit;
-pub mod config;
+
 pub mod keys;
 pub mod ledger;
 pub mod rotate;

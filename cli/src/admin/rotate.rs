@@ -30,10 +30,10 @@ use lockstock::client::{ClientError, ControlPlane};
 use lockstock::env;
 use lockstock::seal::{AccountKey, AccountPublicKey, Dek};
 
-use super::config::{
+use super::keys::{WrongAccountKey, check_account};
+use crate::config::{
     ConfigError, LOCKSTOCK_ACCOUNT_KEY_NEXT, LOCKSTOCK_ACCOUNT_PUBLIC_KEY, Sources,
 };
-use super::keys::{WrongAccountKey, check_account};
 
 /// Wrappings uploaded per call (the control plane takes up to 1024).
 const UPLOAD_BATCH: usize = 256;

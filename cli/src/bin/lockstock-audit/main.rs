@@ -13,11 +13,11 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use lockstock::env;
 use lockstock_cli::admin::audit::{AuditError, Auditor, Options};
-use lockstock_cli::admin::config::{Origin, Sources, argv_warning};
 use lockstock_cli::admin::keys::check_account;
 use lockstock_cli::admin::ledger::{parse_public_key, resolve_agent};
 use lockstock_cli::admin::timefmt::{now_ms, parse_time};
 use lockstock_cli::admin::verify::{VerifyOptions, verify_agent};
+use lockstock_cli::config::{Origin, Sources, argv_warning};
 
 use cli::{Cli, Command, Connection, Format, Read, Verify};
 
@@ -84,7 +84,7 @@ async fn read(conn: &Connection, args: Read) -> Result<ExitCode> {
                 Some(next) => {
                     eprintln!(
                         "note: using {}: a key rotation was interrupted after the switch; run `lockstock-rotate --resume` to finish it",
-                        lockstock_cli::admin::config::LOCKSTOCK_ACCOUNT_KEY_NEXT
+                        lockstock_cli::config::LOCKSTOCK_ACCOUNT_KEY_NEXT
                     );
                     Auditor::open(pages, agent.clone(), next).await?
                 }

@@ -22,8 +22,7 @@ pub fn setup(src: &mut Sources) -> Result<bool> {
 }
 
 fn seed(src: &Sources) -> Result<lockstock::secret::SecretKey32> {
-    let v = src
-        .lookup(&[env::MLS_SEED], Some(env::MLS_SEED))
+    let v = crate::settings::lookup(src, &[env::MLS_SEED], Some(env::MLS_SEED))?
         .context("MLS_SEED is missing: run `lockstock-gateway setup`")?;
     lockstock::secret::key_from_hex(&v.value).context("MLS_SEED is not 64 hex characters")
 }

@@ -115,31 +115,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agents(args) => admin::agents(&admin_client()?, args.json).await.map(|_| ok),
         Command::Lock(args) => {
             let (src, cp) = admin_ctx()?;
-            admin::lock(&cp, &src.resolve_agent(&args.agent)?, &args)
+            admin::lock(&cp, &settings::resolve_agent(&src, &args.agent)?, &args)
                 .await
                 .map(|_| ok)
         }
         Command::Unlock(args) => {
             let (src, cp) = admin_ctx()?;
-            admin::unlock(&cp, &src.resolve_agent(&args.agent)?)
+            admin::unlock(&cp, &settings::resolve_agent(&src, &args.agent)?)
                 .await
                 .map(|_| ok)
         }
         Command::Budget(args) => {
             let (src, cp) = admin_ctx()?;
-            admin::set_budget(&cp, &src.resolve_agent(&args.agent)?, &args)
+            admin::set_budget(&cp, &settings::resolve_agent(&src, &args.agent)?, &args)
                 .await
                 .map(|_| ok)
         }
         Command::Sentinel(args) => {
             let (src, cp) = admin_ctx()?;
-            admin::sentinel(&cp, &src.resolve_agent(&args.agent)?, &args)
+            admin::sentinel(&cp, &settings::resolve_agent(&src, &args.agent)?, &args)
                 .await
                 .map(|_| ok)
         }
         Command::Stamps(args) => {
             let (src, cp) = admin_ctx()?;
-            admin::stamps(&cp, &src.resolve_agent(&args.agent)?, &args)
+            admin::stamps(&cp, &settings::resolve_agent(&src, &args.agent)?, &args)
                 .await
                 .map(|_| ok)
         }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use liberty_vault::{ExposeSecret, SecretString, Vault};
+use liberty_vault::SecretString;
 use lockstock::AgentId;
 use lockstock::env;
 use lockstock::provider::Provider;
@@ -14,27 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::Overrides;
 
-/// Where a value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Flag,
-    Env(&'static str),
-    Vault,
-    Default,
-    Derived,
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Flag => f.write_str("flag"),
-            Origin::Env(name) => write!(f, "env {name}"),
-            Origin::Vault => f.write_str("liberty"),
-            Origin::Default => f.write_str("default"),
-            Origin::Derived => f.write_str("derived"),
-        }
-    }
-}
+pub use lockstock_cli::config::{Origin, Sources};
 
 /// A resolved value.
 pub struct Value {
@@ -42,117 +22,22 @@ pub struct Value {
     pub origin: Origin,
 }
 
-/// The vault, when there is one, and why not otherwise.
-pub struct Sources {
-    pub vault: Option<Vault>,
-    pub vault_problem: Option<String>,
+/// First of: the environment variables (in order), then the vault entry.
+pub fn lookup(
+    src: &Sources,
+    env_names: &[&'static str],
+    vault_name: Option<&'static str>,
+) -> Result<Option<Value>> {
+    Ok(src
+        .first_of(env_names, vault_name)?
+        .map(|(value, origin)| Value { value, origin }))
 }
 
-impl Sources {
-    /// Opens Liberty if it exists; a missing vault is not an error here (env may cover all).
-    pub fn load() -> Self {
-        let home = liberty_vault::default_home();
-        if !Vault::exists(&home) {
-            return Self {
-                vault: None,
-                vault_problem: Some(format!(
-                    "no Liberty vault at {} (run `liberty init`)",
-                    home.display()
-                )),
-            };
-        }
-        match Vault::open_default() {
-            Ok(v) => Self {
-                vault: Some(v),
-                vault_problem: None,
-            },
-            Err(e) => Self {
-                vault: None,
-                vault_problem: Some(e.to_string()),
-            },
-        }
-    }
-
-    /// The open vault, or an error saying why there is none.
-    pub fn vault_mut(&mut self) -> Result<&mut Vault> {
-        match (&mut self.vault, &self.vault_problem) {
-            (Some(v), _) => Ok(v),
-            (None, Some(p)) => anyhow::bail!("{p}"),
-            (None, None) => anyhow::bail!("no Liberty vault"),
-        }
-    }
-
-    fn vault_value(&self, name: &str) -> Option<Zeroizing<String>> {
-        let v = self.vault.as_ref()?.get(name).ok()??;
-        Some(Zeroizing::new(v.expose_secret().to_owned()))
-    }
-
-    /// First of: the environment variables (in order), then the vault entry.
-    pub fn lookup(&self, env_names: &[&'static str], vault_name: Option<&str>) -> Option<Value> {
-        for name in env_names {
-            if let Ok(v) = std::env::var(name)
-                && !v.trim().is_empty()
-            {
-                return Some(Value {
-                    value: Zeroizing::new(v),
-                    origin: Origin::Env(name),
-                });
-            }
-        }
-        let v = self.vault_value(vault_name?)?;
-        (!v.trim().is_empty()).then_some(Value {
-            value: v,
-            origin: Origin::Vault,
-        })
-    }
-
-    /// Agents registered with this gateway: `LOCKSTOCK_AGENT_<NAME>` entries, plus the
-    /// environment's AGENT_ID and LOCKSTOCK_AGENTS.
-    pub fn agents(&self) -> Vec<(String, AgentId)> {
-        let mut out: Vec<(String, AgentId)> = Vec::new();
-        if let Some(vault) = &self.vault {
-            for name in vault.names() {
-                let Some(short) = name.strip_prefix(env::LOCKSTOCK_AGENT_PREFIX) else {
-                    continue;
-                };
-                if let Some(id) = self
-                    .vault_value(&name)
-                    .and_then(|v| v.trim().parse::<AgentId>().ok())
-                {
-                    out.push((short.to_owned(), id));
-                }
-            }
-        }
-        for var in [env::AGENT_ID, env::LOCKSTOCK_AGENTS] {
-            if let Ok(list) = std::env::var(var) {
-                for id in list
-                    .split(',')
-                    .filter_map(|s| s.trim().parse::<AgentId>().ok())
-                {
-                    if !out.iter().any(|(_, a)| a == &id) {
-                        out.push((id.name().to_owned(), id));
-                    }
-                }
-            }
-        }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
-        out
-    }
-
-    /// Finds an agent by id, or by the name it is kept under (case-insensitive).
-    pub fn resolve_agent(&self, given: &str) -> Result<AgentId> {
-        if let Ok(id) = given.parse::<AgentId>() {
-            return Ok(id);
-        }
-        let wanted = lockstock::agent::vault_name_for(given);
-        self.agents()
-            .into_iter()
-            .find(|(short, id)| {
-                lockstock::agent::vault_name_for(short) == wanted || id.name().eq_ignore_ascii_case(given)
-            })
-            .map(|(_, id)| id)
-            .with_context(|| format!("no agent called {given:?}: give its id (agent_XXXXXXXX_name) or see `lockstock-gateway agents`"))
-    }
+/// Finds an agent by id or by the name it is kept under, with a hint when there is none.
+pub fn resolve_agent(src: &Sources, given: &str) -> Result<AgentId> {
+    src.resolve_agent(given).with_context(|| {
+        format!("no agent called {given:?}: give its id (agent_XXXXXXXX_name) or see `lockstock-gateway agents`")
+    })
 }
 
 /// Every setting of a gateway, resolved.
@@ -181,9 +66,13 @@ fn default_upstream(p: Provider) -> &'static str {
 
 impl Resolved {
     pub fn resolve(src: &Sources, flags: &Overrides) -> Result<Self> {
-        let openai_key = src.lookup(&[env::OPENAI_API_KEY], Some(env::OPENAI_API_KEY));
-        let anthropic_key = src.lookup(&[env::ANTHROPIC_API_KEY], Some(env::ANTHROPIC_API_KEY));
-        let provider = match src.lookup(&[env::LOCKSTOCK_PROVIDER], Some(env::LOCKSTOCK_PROVIDER)) {
+        let openai_key = lookup(src, &[env::OPENAI_API_KEY], Some(env::OPENAI_API_KEY))?;
+        let anthropic_key = lookup(src, &[env::ANTHROPIC_API_KEY], Some(env::ANTHROPIC_API_KEY))?;
+        let provider = match lookup(
+            src,
+            &[env::LOCKSTOCK_PROVIDER],
+            Some(env::LOCKSTOCK_PROVIDER),
+        )? {
             Some(v) => (
                 v.value.parse::<Provider>().map_err(anyhow::Error::msg)?,
                 v.origin,
@@ -196,44 +85,44 @@ impl Resolved {
         let upstream = match &flags.upstream {
             Some(u) => Value {
                 value: Zeroizing::new(u.clone()),
-                origin: Origin::Flag,
+                origin: Origin::Flag("--upstream"),
             },
-            None => src
-                .lookup(
-                    &[env::UPSTREAM_URL, env::LOCKSTOCK_UPSTREAM_URL],
-                    Some(env::LOCKSTOCK_UPSTREAM_URL),
-                )
-                .unwrap_or_else(|| Value {
-                    value: Zeroizing::new(default_upstream(provider.0).to_owned()),
-                    origin: Origin::Default,
-                }),
+            None => lookup(
+                src,
+                &[env::UPSTREAM_URL, env::LOCKSTOCK_UPSTREAM_URL],
+                Some(env::LOCKSTOCK_UPSTREAM_URL),
+            )?
+            .unwrap_or_else(|| Value {
+                value: Zeroizing::new(default_upstream(provider.0).to_owned()),
+                origin: Origin::Default,
+            }),
         };
-        let control_plane = match &flags.control_plane {
-            Some(u) => Value {
-                value: Zeroizing::new(u.clone()),
-                origin: Origin::Flag,
-            },
-            None => src
-                .lookup(&[env::LOCKSTOCK_URL], Some(env::LOCKSTOCK_URL))
-                .unwrap_or_else(|| Value {
-                    value: Zeroizing::new(env::DEFAULT_LOCKSTOCK_URL.to_owned()),
-                    origin: Origin::Default,
-                }),
-        };
-        let account_secret = src.lookup(&[], Some(env::LOCKSTOCK_ACCOUNT_KEY));
-        let account_public = src
-            .lookup(
-                &[env::ACCOUNT_PUBLIC_KEY],
-                Some(env::LOCKSTOCK_ACCOUNT_PUBLIC_KEY),
-            )
-            .or_else(|| {
-                // Older vaults hold only the secret: derive its public half, keep nothing else.
-                let key = AccountKey::from_hex(&account_secret.as_ref()?.value).ok()?;
-                Some(Value {
-                    value: Zeroizing::new(key.public_key().to_hex()),
-                    origin: Origin::Derived,
-                })
-            });
+        let control_plane =
+            match &flags.control_plane {
+                Some(u) => Value {
+                    value: Zeroizing::new(u.clone()),
+                    origin: Origin::Flag("--control-plane"),
+                },
+                None => lookup(src, &[env::LOCKSTOCK_URL], Some(env::LOCKSTOCK_URL))?
+                    .unwrap_or_else(|| Value {
+                        value: Zeroizing::new(env::DEFAULT_LOCKSTOCK_URL.to_owned()),
+                        origin: Origin::Default,
+                    }),
+            };
+        let account_secret = lookup(src, &[], Some(env::LOCKSTOCK_ACCOUNT_KEY))?;
+        let account_public = lookup(
+            src,
+            &[env::ACCOUNT_PUBLIC_KEY],
+            Some(env::LOCKSTOCK_ACCOUNT_PUBLIC_KEY),
+        )?
+        .or_else(|| {
+            // Older vaults hold only the secret: derive its public half, keep nothing else.
+            let key = AccountKey::from_hex(&account_secret.as_ref()?.value).ok()?;
+            Some(Value {
+                value: Zeroizing::new(key.public_key().to_hex()),
+                origin: Origin::Derived,
+            })
+        });
         let agents = src.agents();
         let default_agent = match std::env::var(env::AGENT_ID)
             .ok()
@@ -245,16 +134,17 @@ impl Resolved {
         };
         Ok(Self {
             control_plane,
-            admin_key: src.lookup(&[env::LOCKSTOCK_API_KEY], Some(env::LOCKSTOCK_API_KEY)),
-            gateway_key: src.lookup(
+            admin_key: lookup(src, &[env::LOCKSTOCK_API_KEY], Some(env::LOCKSTOCK_API_KEY))?,
+            gateway_key: lookup(
+                src,
                 &[env::LOCKSTOCK_GATEWAY_KEY],
                 Some(env::LOCKSTOCK_GATEWAY_KEY),
-            ),
+            )?,
             upstream,
             provider,
             account_public,
             account_secret_present: account_secret.is_some(),
-            seed: src.lookup(&[env::MLS_SEED], Some(env::MLS_SEED)),
+            seed: lookup(src, &[env::MLS_SEED], Some(env::MLS_SEED))?,
             agents,
             default_agent,
             openai_key,
@@ -354,14 +244,22 @@ pub fn secret(v: &str) -> SecretString {
 /// `config`: one line per setting, secrets masked; Err when something required is missing.
 pub fn show(res: &Resolved, src: &Sources) -> Result<bool> {
     let mask = |v: &Option<Value>| match v {
-        Some(v) => format!("{}  ({})", lockstock::secret::mask(&v.value), v.origin),
+        Some(v) => format!(
+            "{}  ({})",
+            lockstock::secret::mask(&v.value),
+            v.origin.short()
+        ),
         None => "MISSING".to_owned(),
     };
     let optional = |v: &Option<Value>| match v {
-        Some(v) => format!("{}  ({})", lockstock::secret::mask(&v.value), v.origin),
+        Some(v) => format!(
+            "{}  ({})",
+            lockstock::secret::mask(&v.value),
+            v.origin.short()
+        ),
         None => "not set".to_owned(),
     };
-    let plain = |v: &Value| format!("{}  ({})", v.value.as_str(), v.origin);
+    let plain = |v: &Value| format!("{}  ({})", v.value.as_str(), v.origin.short());
     let agents = if res.agents.is_empty() {
         "MISSING".to_owned()
     } else {
@@ -374,10 +272,9 @@ pub fn show(res: &Resolved, src: &Sources) -> Result<bool> {
     let rows: Vec<(&str, String)> = vec![
         (
             "vault",
-            src.vault
-                .as_ref()
+            src.vault()
                 .map(|v| v.path().display().to_string())
-                .or_else(|| src.vault_problem.clone())
+                .or_else(|| src.problem().map(str::to_owned))
                 .unwrap_or_default(),
         ),
         (env::LOCKSTOCK_URL, plain(&res.control_plane)),
@@ -386,12 +283,12 @@ pub fn show(res: &Resolved, src: &Sources) -> Result<bool> {
         (env::UPSTREAM_URL, plain(&res.upstream)),
         (
             env::LOCKSTOCK_PROVIDER,
-            format!("{}  ({})", res.provider.0.as_str(), res.provider.1),
+            format!("{}  ({})", res.provider.0.as_str(), res.provider.1.short()),
         ),
         (
             env::ACCOUNT_PUBLIC_KEY,
             match &res.account_public {
-                Some(v) => format!("{}  ({})", v.value.as_str(), v.origin),
+                Some(v) => format!("{}  ({})", v.value.as_str(), v.origin.short()),
                 None => {
                     "not set (stamps only, no transcripts; run `lockstock-gateway account init`)"
                         .to_owned()

@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use lockstock::env;
 use lockstock::seal::AccountKey;
-use lockstock_cli::admin::config::{LOCKSTOCK_ACCOUNT_KEY_NEXT, Sources, argv_warning};
 use lockstock_cli::admin::rotate::{Event, NewKey, Outcome, rotate};
+use lockstock_cli::config::{LOCKSTOCK_ACCOUNT_KEY_NEXT, Sources, argv_warning};
 use zeroize::Zeroizing;
 
 use cli::{Cli, Command, Rotate};
@@ -114,7 +114,7 @@ async fn rotate_cmd(args: Rotate) -> Result<()> {
             Event::Stored => eprintln!(
                 "Liberty: {} and {} now hold the new key",
                 env::LOCKSTOCK_ACCOUNT_KEY,
-                lockstock_cli::admin::config::LOCKSTOCK_ACCOUNT_PUBLIC_KEY
+                lockstock_cli::config::LOCKSTOCK_ACCOUNT_PUBLIC_KEY
             ),
         }
     };
@@ -159,7 +159,7 @@ fn report(o: &Outcome) -> Result<()> {
     eprintln!(
         "\nRunning gateways keep sealing to the old public key (key {}) until they restart, and\nthe control plane no longer keeps wrappings to it: restart them now.\n  native:    lockstock-gateway stop && lockstock-gateway start --native\n             (reads the new {} from Liberty)\n  container: recreate it with ACCOUNT_PUBLIC_KEY={}",
         o.old_key_id,
-        lockstock_cli::admin::config::LOCKSTOCK_ACCOUNT_PUBLIC_KEY,
+        lockstock_cli::config::LOCKSTOCK_ACCOUNT_PUBLIC_KEY,
         o.new_public.to_hex()
     );
     Ok(())

@@ -237,14 +237,16 @@ pub async fn image(cmd: &ImageCommand) -> Result<ExitCode> {
         ImageCommand::Pull(args) => {
             let reference = args.reference.clone().unwrap_or_else(image::default_image);
             let src = Sources::load();
-            let user = src.lookup(
+            let user = crate::settings::lookup(
+                &src,
                 &[env::LOCKSTOCK_REGISTRY_USER],
                 Some(env::LOCKSTOCK_REGISTRY_USER),
-            );
-            let token = src.lookup(
+            )?;
+            let token = crate::settings::lookup(
+                &src,
                 &[env::LOCKSTOCK_REGISTRY_TOKEN],
                 Some(env::LOCKSTOCK_REGISTRY_TOKEN),
-            );
+            )?;
             let credentials = match (user, token) {
                 (Some(u), Some(t)) => Some((u.value, t.value)),
                 (None, None) => None,

@@ -1,11 +1,11 @@
-//! Where the admin tools get the control plane's address and their keys: a flag (with a
-//! warning, since argv is readable by every user of the machine), then the environment (so
-//! `liberty exec -- lockstock-audit …` works), then Liberty, then the default address.
+//! Where the command-line tools get their settings and keys: a flag (secrets given as flags
+//! are warned about, since argv is readable by every user of the machine), then the
+//! environment (so `liberty exec -- …` works), then Liberty, then a default.
 //!
-//! The gateway CLI resolves its own settings the same way (`lockstock-gateway`'s
-//! `settings.rs`); this module is the part both could share.
+//! `lockstock-gateway`, `lockstock-audit` and `lockstock-rotate` all read through [`Sources`].
 
 use liberty_vault::{ExposeSecret, SecretString, Vault};
+use lockstock::AgentId;
 use lockstock::client::ControlPlane;
 use lockstock::env;
 use lockstock::seal::AccountKey;
@@ -21,6 +21,22 @@ pub enum Origin {
     Liberty(&'static str),
     Stdin,
     Default,
+    /// Computed from another setting (a public key from its secret, a provider from its key).
+    Derived,
+}
+
+impl Origin {
+    /// The short form used in tables: `flag`, `env NAME`, `liberty`, `default`.
+    pub fn short(&self) -> String {
+        match self {
+            Origin::Flag(_) => "flag".into(),
+            Origin::Env(name) => format!("env {name}"),
+            Origin::Liberty(_) => "liberty".into(),
+            Origin::Stdin => "stdin".into(),
+            Origin::Default => "default".into(),
+            Origin::Derived => "derived".into(),
+        }
+    }
 }
 
 impl std::fmt::Display for Origin {
@@ -31,6 +47,7 @@ impl std::fmt::Display for Origin {
             Origin::Liberty(name) => write!(f, "Liberty entry {name}"),
             Origin::Stdin => f.write_str("standard input"),
             Origin::Default => f.write_str("the default"),
+            Origin::Derived => f.write_str("a derived value"),
         }
     }
 }
@@ -148,6 +165,38 @@ impl Sources {
         )
     }
 
+    /// The open vault, if any.
+    pub fn vault(&self) -> Option<&Vault> {
+        self.vault.as_ref()
+    }
+
+    /// Why there is no open vault.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+
+    /// First of: the environment variables (in order), then the Liberty entry.
+    pub fn first_of(
+        &self,
+        env_names: &[&'static str],
+        vault_name: Option<&'static str>,
+    ) -> Result<Option<(Zeroizing<String>, Origin)>, ConfigError> {
+        for name in env_names {
+            if let Ok(v) = std::env::var(name)
+                && !v.trim().is_empty()
+            {
+                return Ok(Some((
+                    Zeroizing::new(v.trim().to_owned()),
+                    Origin::Env(name),
+                )));
+            }
+        }
+        let Some(name) = vault_name else {
+            return Ok(None);
+        };
+        Ok(self.vault_get(name)?.map(|v| (v, Origin::Liberty(name))))
+    }
+
     /// First of: the flag, the environment variable, the Liberty entry (same name).
     fn lookup(
         &self,
@@ -160,15 +209,57 @@ impl Sources {
                 Origin::Flag(flag),
             )));
         }
-        if let Ok(v) = std::env::var(name)
-            && !v.trim().is_empty()
-        {
-            return Ok(Some((
-                Zeroizing::new(v.trim().to_owned()),
-                Origin::Env(name),
-            )));
+        self.first_of(&[name], Some(name))
+    }
+
+    /// Agents registered with this machine's gateway: Liberty's `LOCKSTOCK_AGENT_<NAME>`
+    /// entries, plus the environment's `AGENT_ID` and `LOCKSTOCK_AGENTS`. Sorted by id.
+    pub fn agents(&self) -> Vec<(String, AgentId)> {
+        let mut out: Vec<(String, AgentId)> = Vec::new();
+        if let Some(vault) = &self.vault {
+            for name in vault.names() {
+                let Some(short) = name.strip_prefix(env::LOCKSTOCK_AGENT_PREFIX) else {
+                    continue;
+                };
+                let id = vault
+                    .get(&name)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.expose_secret().trim().parse::<AgentId>().ok());
+                if let Some(id) = id {
+                    out.push((short.to_owned(), id));
+                }
+            }
         }
-        Ok(self.vault_get(name)?.map(|v| (v, Origin::Liberty(name))))
+        for var in [env::AGENT_ID, env::LOCKSTOCK_AGENTS] {
+            if let Ok(list) = std::env::var(var) {
+                for id in list
+                    .split(',')
+                    .filter_map(|s| s.trim().parse::<AgentId>().ok())
+                {
+                    if !out.iter().any(|(_, a)| a == &id) {
+                        out.push((id.name().to_owned(), id));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// An agent by id, or by the name it is kept under in Liberty (case-insensitive).
+    pub fn resolve_agent(&self, given: &str) -> Option<AgentId> {
+        if let Ok(id) = given.parse::<AgentId>() {
+            return Some(id);
+        }
+        let wanted = lockstock::agent::vault_name_for(given);
+        self.agents()
+            .into_iter()
+            .find(|(short, id)| {
+                lockstock::agent::vault_name_for(short) == wanted
+                    || id.name().eq_ignore_ascii_case(given)
+            })
+            .map(|(_, id)| id)
     }
 
     /// The control plane's base URL: `--url`, `LOCKSTOCK_URL` (environment, then Liberty), or
@@ -244,11 +335,11 @@ impl Sources {
         &self,
         url_flag: Option<&str>,
         key_flag: Option<&str>,
-    ) -> Result<super::ledger::Pages, ConfigError> {
+    ) -> Result<crate::admin::ledger::Pages, ConfigError> {
         let (url, _) = self.url(url_flag)?;
         let (key, _) = self.admin_key(key_flag)?;
         let cp = ControlPlane::new(&url, &key)?;
-        Ok(super::ledger::Pages::new(cp, &key)?)
+        Ok(crate::admin::ledger::Pages::new(cp, &key)?)
     }
 
     /// Writes Liberty entries in one atomic write.
