@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use lockstock::AgentId;
@@ -92,18 +92,19 @@ impl Ledger {
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
-        let idle = Arc::new(AtomicBool::new(true));
+        let sync = Arc::new(SyncState::default());
+        sync.idle.store(true, Ordering::Release);
         let syncer = {
-            let idle = idle.clone();
+            let sync = sync.clone();
             let wake = tx.downgrade();
             std::thread::Builder::new()
                 .name("ledger-sync".into())
-                .spawn(move || syncer(&wal, sync_rx, &idle, &wake))?
+                .spawn(move || syncer(&wal, sync_rx, &sync, &wake))?
         };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
-                writer(conn, state, rx, clock, cfg, sync_tx, &idle);
+                writer(conn, state, rx, clock, cfg, sync_tx, &sync);
                 if syncer.join().is_err() {
                     tracing::error!("the ledger syncer thread panicked");
                 }
@@ -187,10 +188,22 @@ fn writer(
     clock: Arc<dyn Clock>,
     cfg: LedgerConfig,
     sync_tx: std::sync::mpsc::Sender<Vec<Completion>>,
-    idle: &AtomicBool,
+    sync: &SyncState,
 ) {
+    // A small runtime of its own, only to wait on the queue with a deadline.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "the ledger writer cannot start its timer");
+            return;
+        }
+    };
     let mut jobs: Vec<Job> = Vec::with_capacity(256);
     let mut pending: Vec<Completion> = Vec::with_capacity(256);
+    let mut gather = Gather::default();
     let mut in_txn = false;
     let mut stale = false;
     let mut closed = false;
@@ -201,9 +214,15 @@ fn writer(
         }
     };
     loop {
-        let can_commit = !pending.is_empty() && idle.load(Ordering::Acquire);
-        if !can_commit && !closed {
-            match rx.blocking_recv() {
+        gather.on_sync_done(sync, pending.len());
+        if !closed && !gather.ready(in_txn, pending.len()) {
+            let next = match gather.deadline.filter(|_| in_txn && !gather.syncing) {
+                Some(deadline) => rt
+                    .block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await })
+                    .unwrap_or(Some(Msg::Wake)),
+                None => rt.block_on(rx.recv()),
+            };
+            match next {
                 Some(Msg::Job(job)) => jobs.push(job),
                 Some(Msg::Wake) => {}
                 None => closed = true,
@@ -263,7 +282,8 @@ fn writer(
                 fail(&mut pending);
             }
         }
-        if in_txn && (idle.load(Ordering::Acquire) || pending.len() >= MAX_PENDING || closed) {
+        gather.on_sync_done(sync, pending.len());
+        if in_txn && (closed || gather.ready(in_txn, pending.len())) {
             let start = std::time::Instant::now();
             let mut ok = true;
             if let Err(e) = state.flush(&conn) {
@@ -277,7 +297,8 @@ fn writer(
             in_txn = false;
             stats.commit(start.elapsed());
             if ok {
-                idle.store(false, Ordering::Release);
+                sync.idle.store(false, Ordering::Release);
+                gather.handed_over();
                 if let Err(lost) = sync_tx.send(std::mem::take(&mut pending)) {
                     fail(&mut { lost.0 });
                 }
@@ -297,12 +318,65 @@ fn writer(
     tracing::debug!("ledger writer stopped");
 }
 
+/// What the writer and the syncer share.
+#[derive(Default)]
+struct SyncState {
+    /// No group is being synced.
+    idle: AtomicBool,
+    /// Requests answered by the last sync.
+    answered: AtomicUsize,
+    /// How long the last sync took.
+    last_sync_us: AtomicU64,
+}
+
+/// When to commit the next group.
+///
+/// Requests answered by one sync come back (their clients' next calls) a little later. If the
+/// writer committed whatever was queued the moment the syncer became free, the clients would
+/// split into two cohorts taking turns, each sync serving half of them. So after a sync the
+/// writer waits, briefly, for as many requests as were in flight (those queued plus those just
+/// answered), at most half the last sync's duration (0.1–1 ms), before committing.
+#[derive(Default)]
+struct Gather {
+    syncing: bool,
+    target: usize,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Gather {
+    fn handed_over(&mut self) {
+        *self = Self {
+            syncing: true,
+            ..Self::default()
+        };
+    }
+
+    /// Starts gathering once the syncer has finished the group handed to it.
+    fn on_sync_done(&mut self, sync: &SyncState, queued: usize) {
+        if self.syncing && sync.idle.load(Ordering::Acquire) {
+            self.syncing = false;
+            self.target = queued + sync.answered.swap(0, Ordering::AcqRel);
+            let wait = (sync.last_sync_us.load(Ordering::Relaxed) / 2).clamp(100, 1000);
+            self.deadline =
+                Some(std::time::Instant::now() + std::time::Duration::from_micros(wait));
+        }
+    }
+
+    fn ready(&self, in_txn: bool, queued: usize) -> bool {
+        in_txn
+            && (queued >= MAX_PENDING
+                || !self.syncing
+                    && (queued >= self.target
+                        || self.deadline.is_none_or(|d| std::time::Instant::now() >= d)))
+    }
+}
+
 /// The syncer: fdatasyncs the WAL once for every group committed since its last sync, then
 /// releases their answers, oldest first.
 fn syncer(
     wal: &Path,
     rx: std::sync::mpsc::Receiver<Vec<Completion>>,
-    idle: &AtomicBool,
+    sync: &SyncState,
     wake: &mpsc::WeakSender<Msg>,
 ) {
     let mut file: Option<(std::fs::File, u64)> = None;
@@ -321,8 +395,13 @@ fn syncer(
                 false
             }
         };
-        stats.sync(start.elapsed());
-        idle.store(true, Ordering::Release);
+        let took = start.elapsed();
+        stats.sync(took);
+        let answered: usize = groups.iter().map(Vec::len).sum();
+        sync.answered.store(answered, Ordering::Release);
+        sync.last_sync_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        sync.idle.store(true, Ordering::Release);
         if let Some(tx) = wake.upgrade() {
             let _ = tx.try_send(Msg::Wake);
         }
