@@ -8,12 +8,16 @@
 //! `x-fixture-delay-ms: N` waits N ms before each streamed event (and before the headers
 //! of a non-streamed answer). `x-fixture-cut-after: N` breaks a stream after N events, the
 //! way a provider's connection dies mid-answer.
+//!
+//! `GET /__fixture/stats` answers `{"requests":N}`: how many requests it has answered (that
+//! one excluded), so a benchmark can check that a proxy forwarded each request exactly once.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +47,10 @@ impl Recorded {
 
 struct Shared {
     fixtures: HashMap<String, Bytes>,
+    /// Keep every request (tests), or only count them (benchmarks, long runs).
+    record: bool,
     recorded: Mutex<Vec<Recorded>>,
+    served: AtomicU64,
 }
 
 /// A running stand-in; stops when dropped.
@@ -92,13 +99,21 @@ impl Upstream {
     }
 
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, true).await
+    }
+
+    /// Starts on `addr`; with `record` false it only counts requests ([`Self::served`]), so
+    /// memory stays flat however long it runs.
+    pub async fn start_with(addr: SocketAddr, record: bool) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the fixture upstream");
         let addr = listener.local_addr().expect("a bound address");
         let shared = Arc::new(Shared {
             fixtures: load_fixtures(&fixtures_dir()).expect("read the fixtures"),
+            record,
             recorded: Mutex::new(Vec::new()),
+            served: AtomicU64::new(0),
         });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let s = shared.clone();
@@ -145,6 +160,11 @@ impl Upstream {
 
     pub fn clear(&self) {
         self.shared.recorded.lock().expect("poisoned").clear();
+    }
+
+    /// How many requests it has answered.
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
     }
 }
 
@@ -195,20 +215,30 @@ fn status_of(name: &str) -> StatusCode {
 }
 
 async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/__fixture/stats" {
+        let served = shared.served.load(Ordering::Relaxed);
+        return plain(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(format!("{{\"requests\":{served}}}")),
+        );
+    }
+    shared.served.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let rec = Recorded {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    };
-    let json = rec.json();
-    shared.recorded.lock().expect("poisoned").push(rec);
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if shared.record {
+        shared.recorded.lock().expect("poisoned").push(Recorded {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
 
     if parts.uri.path() == "/v1/models" {
         return plain(

@@ -1,0 +1,875 @@
+//! `lockstock-bench`: the benchmark `bench/run` drives (see bench/README.md).
+//!
+//! Starts on loopback the fixture upstream, a control plane on a real SQLite file, two
+//! gateways (governed: transcripts sealed, budgets, Sentinel; and stamps only), nginx as a
+//! plain proxy and LiteLLM's proxy, then drives each in turn with `lockstock-loadgen` at each
+//! concurrency, non-streaming and streaming, and reports throughput, latency (added against
+//! the upstream reached directly), CPU per request of every process and memory. Long mode adds
+//! an endurance run, a soak with memory samples, 1,000 open streams, and the other budgets
+//! (`liberty show`, stamp appends/s, audit decrypt MB/s).
+
+mod procs;
+mod report;
+mod setup;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use lockstock_testkit::procstat;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockstock-bench",
+    about = "LockStock's gateway beside the upstream, nginx and LiteLLM, in one run"
+)]
+pub struct Args {
+    /// A few seconds per case, no extras, results not written into the repository; fails only
+    /// when a request fails or is lost.
+    #[arg(long)]
+    short: bool,
+    /// Measured seconds per case [default: 10, short: 3].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Warm-up seconds per case [default: 2, short: 1].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Only these (comma-separated): direct, nginx, governed, stamps-only, litellm,
+    /// endurance, soak, streams, tools.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    concurrency: Vec<usize>,
+    /// Modes: json (non-streaming), sse (streaming).
+    #[arg(long, value_delimiter = ',', default_value = "json,sse")]
+    modes: Vec<String>,
+    /// Seconds of the endurance run (governed, concurrency 256).
+    #[arg(long, default_value_t = 60.0)]
+    endurance_seconds: f64,
+    /// Seconds of the memory soak (governed).
+    #[arg(long, default_value_t = 600.0)]
+    soak_seconds: f64,
+    /// Concurrency of the memory soak.
+    #[arg(long, default_value_t = 64)]
+    soak_concurrency: usize,
+    /// Open streams held at once for the streaming-memory check.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// The `litellm` executable (LiteLLM's proxy); its cases are skipped without it.
+    #[arg(long)]
+    litellm: Option<PathBuf>,
+    /// Why LiteLLM is not there, for the report.
+    #[arg(long)]
+    litellm_note: Option<String>,
+    /// The nginx executable.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// The repository (fixtures, bench/ scripts, results).
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Where the release binaries are [default: next to this one].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Write bench/results/<date>.{md,json} and docs/BENCHMARKS.md (default: unless --short).
+    #[arg(long)]
+    write: Option<bool>,
+    /// A note for the report (repeatable), e.g. what else ran on the machine.
+    #[arg(long)]
+    note: Vec<String>,
+    /// The date that names the results files [default: today, from `date +%F`].
+    #[arg(long)]
+    date: Option<String>,
+    /// The command line to show in the report.
+    #[arg(long, default_value = "bench/run")]
+    command: String,
+    /// Keep the temporary directory (logs, SQLite file).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    Nginx,
+    Governed,
+    StampsOnly,
+    LiteLlm,
+}
+
+impl Target {
+    const ALL: [Target; 5] = [
+        Target::Direct,
+        Target::Nginx,
+        Target::Governed,
+        Target::StampsOnly,
+        Target::LiteLlm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Nginx => "nginx",
+            Target::Governed => "governed",
+            Target::StampsOnly => "stamps-only",
+            Target::LiteLlm => "litellm",
+        }
+    }
+
+    fn lockstock(self) -> bool {
+        matches!(self, Target::Governed | Target::StampsOnly)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Json,
+    Sse,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Json => "json",
+            Mode::Sse => "sse",
+        }
+    }
+}
+
+/// One measured case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub target: &'static str,
+    pub mode: &'static str,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub ttfb_p50_ms: Option<f64>,
+    pub ttfb_p99_ms: Option<f64>,
+    pub added_p50_ms: Option<f64>,
+    pub added_p99_ms: Option<f64>,
+    pub added_ttfb_p50_ms: Option<f64>,
+    /// CPU microseconds per completed request, by process.
+    pub cpu_us_per_req: BTreeMap<String, f64>,
+    /// Highest resident memory sampled during the case, by process (KiB).
+    pub rss_max_kib: BTreeMap<String, u64>,
+    pub sent: u64,
+    pub ok: u64,
+    /// Requests that did not end in a complete 2xx answer (refused, broken, incomplete, timed
+    /// out, or unaccounted for).
+    pub failed: u64,
+    /// Requests the upstream received during the case.
+    pub forwarded: Option<u64>,
+    /// Stamps appended per forwarded request (LockStock targets; 2 expected).
+    pub stamps_per_request: Option<f64>,
+    /// Failed requests, plus any request the upstream or the ledger did not see exactly as
+    /// expected.
+    pub lost: u64,
+    pub errors: Vec<String>,
+    pub loadgen: Value,
+}
+
+/// Everything running during the matrix.
+struct World {
+    http: procs::Http,
+    bin: PathBuf,
+    repo: PathBuf,
+    dir: PathBuf,
+    upstream: setup::Upstream,
+    cloud: Option<setup::Cloud>,
+    governed: Option<setup::Gateway>,
+    stamps_only: Option<setup::Gateway>,
+    nginx: Option<setup::Nginx>,
+    litellm: Option<setup::LiteLlm>,
+    seed: lockstock::secret::SecretKey32,
+    account: Option<lockstock::seal::AccountPublicKey>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lockstock-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("lockstock-bench: requests failed or were lost (see above)");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("lockstock-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(msg: impl std::fmt::Display) {
+    eprintln!("bench: {msg}");
+}
+
+fn selected(args: &Args, name: &str, default: bool) -> bool {
+    if args.only.is_empty() {
+        default
+    } else {
+        args.only.iter().any(|o| o == name)
+    }
+}
+
+async fn run(args: Args) -> Result<bool> {
+    for o in &args.only {
+        let known = Target::ALL.iter().any(|t| t.name() == o)
+            || ["endurance", "soak", "streams", "tools"].contains(&o.as_str());
+        if !known {
+            bail!("--only: unknown case {o:?}");
+        }
+    }
+    let repo = match &args.repo {
+        Some(r) => r.clone(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
+    .canonicalize()
+    .context("the repository")?;
+    let bin = match &args.bin_dir {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary's directory")?
+            .to_path_buf(),
+    };
+    let seconds = args.seconds.unwrap_or(if args.short { 3.0 } else { 10.0 });
+    let warmup = args.warmup.unwrap_or(if args.short { 1.0 } else { 2.0 });
+    let mut modes = Vec::new();
+    for m in &args.modes {
+        modes.push(match m.as_str() {
+            "json" => Mode::Json,
+            "sse" => Mode::Sse,
+            other => bail!("--modes: unknown mode {other:?}"),
+        });
+    }
+    let mut notes: Vec<String> = args.note.clone();
+
+    let mut targets: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|t| selected(&args, t.name(), true))
+        .collect();
+    if targets.contains(&Target::LiteLlm) && args.litellm.is_none() {
+        targets.retain(|t| *t != Target::LiteLlm);
+        notes.push(format!(
+            "LiteLLM skipped: {}",
+            args.litellm_note
+                .as_deref()
+                .unwrap_or("no litellm executable given")
+        ));
+    }
+    let extras = !args.short;
+    let want = |name: &str| selected(&args, name, extras);
+    let (endurance, soak, streams, tools) = (
+        want("endurance"),
+        want("soak"),
+        want("streams"),
+        want("tools"),
+    );
+    let need_cloud = targets.iter().any(|t| t.lockstock()) || endurance || soak || streams;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("lockstock-bench.")
+        .tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    if args.keep {
+        say(format!("keeping {}", dir.display()));
+    }
+    let machine = report::machine();
+    say(format!(
+        "{}; load average at start {}",
+        machine.summary(),
+        machine.loadavg
+    ));
+
+    let http = procs::http();
+    let upstream = setup::upstream(&bin, &dir)?;
+    say(format!("fixture upstream on {}", upstream.url));
+    let mut world = World {
+        http,
+        bin,
+        repo: repo.clone(),
+        dir: dir.clone(),
+        upstream,
+        cloud: None,
+        governed: None,
+        stamps_only: None,
+        nginx: None,
+        litellm: None,
+        seed: lockstock::secret::random_key(),
+        account: None,
+    };
+    let mut memory: BTreeMap<String, report::Memory> = BTreeMap::new();
+
+    if need_cloud {
+        let cloud = setup::cloud(&world.http, &world.bin, &dir).await?;
+        say(format!(
+            "control plane on {} (pid {}, SQLite in {})",
+            cloud.url,
+            cloud.proc.pid(),
+            cloud.data.display()
+        ));
+        world.account = Some(setup::account(&cloud).await?);
+        world.cloud = Some(cloud);
+    }
+    if targets.contains(&Target::Governed) || endurance || soak {
+        world.governed = Some(start_gateway(&world, "governed", true).await?);
+    }
+    if targets.contains(&Target::StampsOnly) {
+        world.stamps_only = Some(start_gateway(&world, "stamps-only", false).await?);
+    }
+    if targets.contains(&Target::Nginx) {
+        match setup::nginx(&world.http, &args.nginx, &dir, &world.upstream.url).await {
+            Ok(n) => {
+                say(format!("nginx on {} and {}", n.url, n.stream_url));
+                world.nginx = Some(n);
+            }
+            Err(e) => bail!("nginx did not start: {e:#}"),
+        }
+    }
+    if targets.contains(&Target::LiteLlm) {
+        let exe = args.litellm.clone().expect("checked above");
+        say("starting LiteLLM (it takes a while)");
+        match setup::litellm(&world.http, &exe, &dir, &world.upstream.url).await {
+            Ok(l) => {
+                say(format!("LiteLLM on {}", l.url));
+                world.litellm = Some(l);
+            }
+            Err(e) => {
+                targets.retain(|t| *t != Target::LiteLlm);
+                notes.push(format!("LiteLLM skipped: it did not start ({e:#})"));
+                say(format!("LiteLLM did not start: {e:#}"));
+            }
+        }
+    }
+
+    // Idle memory, before any load.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, pid) in world.pids() {
+        memory.entry(name).or_default().idle_kib = procstat::rss_kib(pid);
+    }
+
+    // The matrix, interleaved so that drift on a shared machine hits every target alike.
+    let mut cases: Vec<Case> = Vec::new();
+    for &mode in &modes {
+        for &c in &args.concurrency {
+            for &t in &targets {
+                let case = run_case(&world, t, mode, c, seconds, warmup).await?;
+                print_case(&case);
+                cases.push(case);
+            }
+        }
+    }
+    report::fill_added(&mut cases);
+    for c in &cases {
+        for (name, kib) in &c.rss_max_kib {
+            let key = proc_key(c.target, name);
+            let m = memory.entry(key).or_default();
+            m.max_sampled_kib = m.max_sampled_kib.max(*kib);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, pid) in world.pids() {
+        let m = memory.entry(name).or_default();
+        m.after_kib = procstat::rss_kib(pid);
+        m.peak_kib = procstat::peak_rss_kib(pid);
+    }
+
+    // Long-mode extras.
+    let mut extra = report::Extras::default();
+    if endurance {
+        let s = args.endurance_seconds;
+        say(format!("endurance: governed, concurrency 256, {s} s"));
+        let case = run_case(&world, Target::Governed, Mode::Json, 256, s, 1.0).await?;
+        print_case(&case);
+        extra.endurance = Some(case);
+    }
+    if soak {
+        let s = args.soak_seconds;
+        say(format!(
+            "soak: governed, concurrency {}, {s} s, gateway memory sampled every 5 s",
+            args.soak_concurrency
+        ));
+        let case = run_soak(&world, args.soak_concurrency, s).await?;
+        print_case(&case);
+        extra.soak = Some(case);
+    }
+    if streams {
+        say(format!(
+            "{} open streams through a fresh governed gateway",
+            args.streams
+        ));
+        extra.streams = Some(run_streams(&world, args.streams).await?);
+    }
+    // Stop the servers before the tools measure anything.
+    drop(world);
+
+    if tools {
+        extra.tools = Some(run_tools(&repo, args.short).await);
+    }
+
+    let ok = report::verdict(&cases, &extra);
+    let rep = report::Report {
+        date: args.date.clone().unwrap_or_else(today),
+        machine,
+        command: args.command.clone(),
+        seconds,
+        warmup,
+        short: args.short,
+        notes,
+        cases,
+        memory,
+        extras: extra,
+    };
+    let md = rep.markdown();
+    println!("{md}");
+    if args.write.unwrap_or(!args.short) {
+        let (md_path, json_path) = rep.write(&repo)?;
+        say(format!(
+            "wrote {}, {} and docs/BENCHMARKS.md",
+            md_path.display(),
+            json_path.display()
+        ));
+    }
+    if args.keep {
+        let _ = tmp.keep();
+    }
+    Ok(ok)
+}
+
+/// A gateway with an agent of its own; transcripts sealed when `sealed`.
+async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gateway> {
+    let cloud = w.cloud.as_ref().expect("started when needed");
+    let agent = setup::agent(cloud, &w.seed, &format!("bench-{name}")).await?;
+    let account = if sealed { w.account.as_ref() } else { None };
+    let gw = setup::gateway(
+        &w.http,
+        &w.bin,
+        &w.dir,
+        &format!("gateway-{name}"),
+        cloud,
+        &w.upstream.url,
+        &w.seed,
+        &agent,
+        account,
+    )
+    .await?;
+    say(format!(
+        "{name} gateway on {} (pid {}, {agent})",
+        gw.url,
+        gw.proc.pid()
+    ));
+    Ok(gw)
+}
+
+/// The memory table's row for a process seen in a case.
+fn proc_key(target: &str, proc_name: &str) -> String {
+    match (target, proc_name) {
+        ("governed", "gateway") => "gateway (governed)".into(),
+        ("stamps-only", "gateway") => "gateway (stamps only)".into(),
+        (_, p) => p.to_owned(),
+    }
+}
+
+impl World {
+    /// Every process running, by the name the memory table uses.
+    fn pids(&self) -> Vec<(String, u32)> {
+        let mut out = vec![("upstream".to_owned(), self.upstream.proc.pid())];
+        if let Some(c) = &self.cloud {
+            out.push(("control-plane".into(), c.proc.pid()));
+        }
+        if let Some(g) = &self.governed {
+            out.push(("gateway (governed)".into(), g.proc.pid()));
+        }
+        if let Some(g) = &self.stamps_only {
+            out.push(("gateway (stamps only)".into(), g.proc.pid()));
+        }
+        if let Some(n) = &self.nginx {
+            out.push(("nginx".into(), n.proc.pid()));
+        }
+        if let Some(l) = &self.litellm {
+            out.push(("litellm".into(), l.proc.pid()));
+        }
+        out
+    }
+
+    fn gateway(&self, t: Target) -> Option<&setup::Gateway> {
+        match t {
+            Target::Governed => self.governed.as_ref(),
+            Target::StampsOnly => self.stamps_only.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn fixture(repo: &Path, name: &str) -> PathBuf {
+    repo.join("tests/fixtures").join(name)
+}
+
+/// What one case sends and expects.
+struct Load<'a> {
+    url: String,
+    stream: bool,
+    headers: Vec<String>,
+    expect_exact: bool,
+    procs: Vec<(&'a str, u32)>,
+    connections: usize,
+    seconds: f64,
+    warmup: f64,
+    extra_args: Vec<String>,
+}
+
+fn load_for<'a>(
+    w: &'a World,
+    t: Target,
+    mode: Mode,
+    c: usize,
+    seconds: f64,
+    warmup: f64,
+) -> Load<'a> {
+    let path = "/v1/chat/completions";
+    let mut procs = vec![("upstream", w.upstream.proc.pid())];
+    let mut headers = Vec::new();
+    let mut expect_exact = true;
+    let base = match t {
+        Target::Direct => w.upstream.url.clone(),
+        Target::Nginx => {
+            let n = w.nginx.as_ref().expect("started");
+            procs.push(("nginx", n.proc.pid()));
+            match mode {
+                Mode::Json => n.url.clone(),
+                Mode::Sse => n.stream_url.clone(),
+            }
+        }
+        Target::Governed | Target::StampsOnly => {
+            let g = w.gateway(t).expect("started");
+            procs.push(("gateway", g.proc.pid()));
+            procs.push((
+                "control-plane",
+                w.cloud.as_ref().expect("started").proc.pid(),
+            ));
+            headers.push(format!("X-D3cipher-Agent: {}", g.agent));
+            g.url.clone()
+        }
+        Target::LiteLlm => {
+            let l = w.litellm.as_ref().expect("started");
+            procs.push(("litellm", l.proc.pid()));
+            headers.push(format!(
+                "Authorization: Bearer {}",
+                setup::LITELLM_MASTER_KEY
+            ));
+            // LiteLLM re-serialises answers: check their shape, not their bytes.
+            expect_exact = false;
+            l.url.clone()
+        }
+    };
+    Load {
+        url: format!("{base}{path}"),
+        stream: mode == Mode::Sse,
+        headers,
+        expect_exact,
+        procs,
+        connections: c,
+        seconds,
+        warmup,
+        extra_args: Vec::new(),
+    }
+}
+
+async fn loadgen(w: &World, load: &Load<'_>, mode: Mode) -> Result<Value> {
+    let (req, answer) = match mode {
+        Mode::Json => ("openai-chat.request.json", "openai-chat.json"),
+        Mode::Sse => (
+            "openai-chat-stream-usage.request.json",
+            "openai-chat-stream-usage.sse",
+        ),
+    };
+    let mut cmd = tokio::process::Command::new(w.bin.join("lockstock-loadgen"));
+    cmd.arg("--url")
+        .arg(&load.url)
+        .arg("--body")
+        .arg(fixture(&w.repo, req))
+        .args(["-c", &load.connections.to_string()])
+        .args(["-d", &load.seconds.to_string()])
+        .args(["--warmup", &load.warmup.to_string()])
+        .args(["--timeout", "30"]);
+    if load.stream {
+        cmd.arg("--stream");
+    }
+    if load.expect_exact {
+        cmd.arg("--expect").arg(fixture(&w.repo, answer));
+    }
+    for h in &load.headers {
+        cmd.arg("-H").arg(h);
+    }
+    for (name, pid) in &load.procs {
+        cmd.arg("--proc").arg(format!("{name}={pid}"));
+    }
+    cmd.args(&load.extra_args);
+    let out = cmd
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running lockstock-loadgen")?;
+    if !out.status.success() {
+        bail!(
+            "lockstock-loadgen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("lockstock-loadgen's output")
+}
+
+async fn agent_seq(w: &World, t: Target) -> Result<Option<u64>> {
+    let Some(g) = w.gateway(t) else {
+        return Ok(None);
+    };
+    let cloud = w.cloud.as_ref().expect("started");
+    Ok(Some(cloud.admin.agent(&g.agent).await?.seq))
+}
+
+async fn run_case(
+    w: &World,
+    t: Target,
+    mode: Mode,
+    c: usize,
+    seconds: f64,
+    warmup: f64,
+) -> Result<Case> {
+    let load = load_for(w, t, mode, c, seconds, warmup);
+    measure(w, t, mode, &load).await
+}
+
+async fn measure(w: &World, t: Target, mode: Mode, load: &Load<'_>) -> Result<Case> {
+    say(format!(
+        "{} {} c={} ({} s + {} s warm-up)",
+        t.name(),
+        mode.name(),
+        load.connections,
+        load.seconds,
+        load.warmup
+    ));
+    let served_before = setup::served(&w.http, &w.upstream.url).await?;
+    let seq_before = agent_seq(w, t).await?;
+    let v = loadgen(w, load, mode).await?;
+    // Let the gateway's last stamps and blobs land before counting them (and before the next
+    // case starts measuring CPU).
+    let sent = v["sent"].as_u64().unwrap_or(0);
+    let mut forwarded = setup::served(&w.http, &w.upstream.url).await? - served_before;
+    let mut stamps = None;
+    if let Some(before) = seq_before {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            forwarded = setup::served(&w.http, &w.upstream.url).await? - served_before;
+            let seq = agent_seq(w, t).await?.unwrap_or(before);
+            stamps = Some(seq - before);
+            if seq - before >= 2 * forwarded || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(report::case_from(t, mode, load, v, sent, forwarded, stamps))
+}
+
+fn print_case(c: &Case) {
+    say(format!(
+        "  {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}, failed {}, lost {}{}",
+        c.rps,
+        c.p50_ms,
+        c.p99_ms,
+        c.ttfb_p50_ms
+            .map(|t| format!(", TTFB p50 {t:.3} ms"))
+            .unwrap_or_default(),
+        c.failed,
+        c.lost,
+        if c.errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.errors.join("; "))
+        }
+    ));
+}
+
+async fn run_soak(w: &World, c: usize, seconds: f64) -> Result<Case> {
+    let mut load = load_for(w, Target::Governed, Mode::Json, c, seconds, 1.0);
+    load.extra_args = vec!["--series".into(), "--sample-ms".into(), "5000".into()];
+    measure(w, Target::Governed, Mode::Json, &load).await
+}
+
+/// A fresh governed gateway holding `n` slow streams open at once: its memory then.
+async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
+    let cloud = w.cloud.as_ref().expect("started");
+    let gw = start_gateway(w, "streams", true).await?;
+    let agent = gw.agent.clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_kib = procstat::rss_kib(gw.proc.pid());
+    // 14 events, 200 ms before each: every stream stays open about 2.8 s.
+    let delay_ms = 200;
+    let load = Load {
+        url: format!("{}/v1/chat/completions", gw.url),
+        stream: true,
+        headers: vec![
+            format!("X-D3cipher-Agent: {agent}"),
+            format!("x-fixture-delay-ms: {delay_ms}"),
+        ],
+        expect_exact: true,
+        procs: vec![
+            ("gateway", gw.proc.pid()),
+            ("control-plane", cloud.proc.pid()),
+            ("upstream", w.upstream.proc.pid()),
+        ],
+        connections: n,
+        seconds: 8.0,
+        warmup: 0.0,
+        extra_args: vec!["--sample-ms".into(), "100".into()],
+    };
+    let v = loadgen(w, &load, Mode::Sse).await?;
+    let peak_kib = procstat::peak_rss_kib(gw.proc.pid());
+    let g = &v["procs"]["gateway"];
+    Ok(report::Streams {
+        streams: n,
+        delay_ms,
+        idle_kib,
+        max_sampled_kib: g["rss_max_kib"].as_u64().unwrap_or(0),
+        peak_kib,
+        completed: v["ok"].as_u64().unwrap_or(0),
+        failed: v["failures"].as_u64().unwrap_or(0),
+        ttfb_p50_ms: v["ttfb_us"]["p50"].as_f64().unwrap_or(0.0) / 1000.0,
+        total_p50_ms: v["latency_us"]["p50"].as_f64().unwrap_or(0.0) / 1000.0,
+        errors: v["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// Runs a program in the repository; (exit ok, stdout + stderr).
+async fn tool(repo: &Path, program: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(repo)
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match out {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("{program}: {e}")),
+    }
+}
+
+/// `liberty show`, stamp appends/s and audit decrypt MB/s, from the benchmarks others keep
+/// in the repository; "not available" when one is not there.
+async fn run_tools(repo: &Path, short: bool) -> report::Tools {
+    let mut t = report::Tools::default();
+    let liberty = repo.join("bench/liberty_show.sh");
+    if liberty.exists() {
+        say("liberty show (bench/liberty_show.sh)");
+        let runs = if short { "50" } else { "300" };
+        let (ok, out) = tool(repo, "sh", &["bench/liberty_show.sh", runs]).await;
+        t.liberty_show_median_ms = report::parse_liberty(&out);
+        t.liberty_show = Some(report::ToolRun {
+            command: format!("bench/liberty_show.sh {runs}"),
+            ok,
+            output: report::tail(&out, 8),
+        });
+    }
+    if repo.join("cloud/examples/stamp_bench.rs").exists() {
+        say("control-plane stamp appends (cargo run --example stamp_bench)");
+        let secs = if short { "3" } else { "10" };
+        let args = [
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "lockstock-cloud",
+            "--example",
+            "stamp_bench",
+            "--",
+            "--seconds",
+            secs,
+            "--clients",
+            "32",
+        ];
+        let (ok, out) = tool(repo, "cargo", &args).await;
+        t.stamps_per_s = report::parse_stamps(&out);
+        t.stamp_bench = Some(report::ToolRun {
+            command: format!("cargo {}", args.join(" ")),
+            ok,
+            output: report::tail(&out, 8),
+        });
+    }
+    if let Some(script) = audit_bench(repo) {
+        say(format!("audit decrypt ({script})"));
+        let (ok, out) = tool(repo, "sh", &[&script]).await;
+        t.audit_mb_per_s = report::parse_rate(&out, "lockstock-audit --format json", &["MB/s"]);
+        t.audit_verify_stamps_per_s =
+            report::parse_rate(&out, "lockstock-audit verify (no", &["st/s", "stamps/s"]);
+        t.audit = Some(report::ToolRun {
+            command: script,
+            ok,
+            output: report::tail(&out, 16),
+        });
+    }
+    t
+}
+
+/// The audit decrypt benchmark, when one is in bench/ (a script whose name says audit).
+fn audit_bench(repo: &Path) -> Option<String> {
+    let mut found: Vec<String> = std::fs::read_dir(repo.join("bench"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.contains("audit") && n.ends_with(".sh"))
+        .collect();
+    found.sort();
+    found.first().map(|n| format!("bench/{n}"))
+}
+
+/// Today's local date, YYYY-MM-DD.
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%F")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|d| d.len() == 10)
+        .unwrap_or_else(|| "undated".into())
+}
+
+pub fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+pub fn to_json<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or_else(|e| json!({ "error": e.to_string() }))
+}
