@@ -106,6 +106,40 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// CPU seconds used so far by this process: (control plane threads, client threads).
+fn cpu_split() -> (f64, f64) {
+    // SAFETY: sysconf only reads a configuration value.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (mut server, mut client) = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // After the name: state is field 3, utime 14, stime 15.
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        let secs = ticks / tick;
+        let is_server = ["cloud-server", "ledger-", "stamp-verifier"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if is_server {
+            server += secs;
+        } else {
+            client += secs;
+        }
+    }
+    (server, client)
+}
+
 fn main() {
     let args = args();
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LOCKSTOCK_LOG") {
@@ -114,27 +148,41 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The control plane and the clients run on runtimes of their own (two workers each, as
+    // many as there are cores), so the CPU each side uses can be told apart.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cloud-server")
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(args));
-}
-
-async fn run(args: Args) {
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let keys = lockstock_cloud::Account::init(dir.path()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(lockstock_cloud::serve(
-        listener,
-        lockstock_cloud::ServerConfig::new(dir.path()),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (url, server) = server_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(lockstock_cloud::serve(
+            listener,
+            lockstock_cloud::ServerConfig::new(dir.path()),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        (url, server)
+    });
+    client_rt.block_on(run(args, url, keys, dir.path()));
+    let _ = stop_tx.send(());
+    server_rt.block_on(server).unwrap().unwrap();
+}
 
+async fn run(args: Args, url: String, keys: lockstock_cloud::InitKeys, dir: &std::path::Path) {
     let http = lockstock::http::client(Default::default());
     let admin = ControlPlane::with_http(&url, &keys.admin_key, http.clone()).unwrap();
     let gateway = ControlPlane::with_http(&url, &keys.gateway_key, http).unwrap();
@@ -158,7 +206,7 @@ async fn run(args: Args) {
         } else {
             "stamps signed by the clients as they go"
         },
-        dir.path().display()
+        dir.display()
     );
     let _ = keys.gateway_key.expose_secret();
 
@@ -211,7 +259,10 @@ async fn run(args: Args) {
                 (chain, pre, lat, stamps_done)
             }));
         }
-        tokio::time::sleep(warmup + Duration::from_secs(args.seconds)).await;
+        tokio::time::sleep(warmup).await;
+        let cpu_before = cpu_split();
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        let cpu_after = cpu_split();
         stop.store(true, Ordering::Relaxed);
         let measured = start.elapsed() - warmup;
         let mut all = Vec::new();
@@ -231,16 +282,15 @@ async fn run(args: Args) {
         }
         all.sort_unstable();
         let secs = measured.as_secs_f64();
+        let server_us = (cpu_after.0 - cpu_before.0) * 1e6 / total.max(1) as f64;
+        let client_us = (cpu_after.1 - cpu_before.1) * 1e6 / total.max(1) as f64;
         println!(
-            "batch {batch:>3}: {:>9.0} stamps/s  ({:>8.0} calls/s)  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} stamps in {:.1} s)",
+            "batch {batch:>3}: {:>7.0} stamps/s ({:>6.0} calls/s)  p50 {:>6.2} ms  p99 {:>6.2} ms  \
+             CPU per stamp: control plane {server_us:.0} us, clients {client_us:.0} us  ({total} stamps in {secs:.1} s)",
             total as f64 / secs,
             all.len() as f64 / secs,
             percentile(&all, 0.50),
             percentile(&all, 0.99),
-            total,
-            secs
         );
     }
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
 }
