@@ -1,73 +1,13 @@
 //! `lockstock-cloud`: create an account, serve the control plane, rotate the gateway key.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use lockstock_cloud::cli::{Cli, Command, KeysCommand};
 use lockstock_cloud::{Account, ServerConfig, TlsFiles};
 use secrecy::ExposeSecret;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "lockstock-cloud",
-    version,
-    about = "LockStock control plane: the ledger every gateway stamps into"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Create the account and print its admin and gateway keys (once).
-    Init {
-        /// Data directory [default: $XDG_DATA_HOME/lockstock-cloud]
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-        /// Print {"admin_key","gateway_key","account_id"} as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Serve the /v1 API.
-    Serve {
-        /// Data directory [default: $XDG_DATA_HOME/lockstock-cloud]
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, value_name = "ADDR", default_value = lockstock_cloud::DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// TLS certificate chain (PEM); serve HTTPS.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// TLS private key (PEM).
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Minutes a granted request's reservation waits for its response stamp.
-        #[arg(long, value_name = "MINUTES", default_value_t = 10)]
-        reservation_ttl: u64,
-        /// Output grant for requests that ask for no cap, when a budget is set.
-        #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
-        default_output_cap: u64,
-    },
-    /// Manage the account's API keys.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
-    /// Replace the gateway key and print the new one; the old one stops working.
-    RotateGateway {
-        /// Data directory [default: $XDG_DATA_HOME/lockstock-cloud]
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-    },
-}
 
 fn data_dir(data: Option<PathBuf>) -> Result<PathBuf> {
     data.or_else(lockstock_cloud::default_data_dir)
@@ -113,8 +53,8 @@ fn run(cli: Cli) -> Result<()> {
                 println!(
                     "These keys are shown once and stored only as hashes. Keep them in Liberty:"
                 );
-                println!("  liberty set LOCKSTOCK_API_KEY      (the admin key)");
-                println!("  liberty set LOCKSTOCK_GATEWAY_KEY  (the gateway key)");
+                println!("  liberty add LOCKSTOCK_API_KEY      (the admin key)");
+                println!("  liberty add LOCKSTOCK_GATEWAY_KEY  (the gateway key)");
             }
             Ok(())
         }
