@@ -49,6 +49,7 @@ pub struct Gateway {
     http: HttpClient,
     cp: ControlPlane,
     stamper: Stamper,
+    uploads: Option<Uploads>,
     metrics: Metrics,
 }
 
@@ -93,7 +94,7 @@ impl Gateway {
         let stamper = Stamper::start(
             keys,
             cp.clone(),
-            uploads,
+            uploads.clone(),
             StamperConfig {
                 account: config.account,
                 dek_epoch: config.limits.dek_epoch,
@@ -127,6 +128,7 @@ impl Gateway {
             http,
             cp,
             stamper,
+            uploads,
         }))
     }
 
@@ -136,6 +138,28 @@ impl Gateway {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Waits, up to `grace`, until every stamp is delivered and every sealed transcript
+    /// delivered or spooled to disk; says what is left when time runs out.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        let deadline = Instant::now() + grace;
+        let stamps = self.stamper.outstanding();
+        if !stamps.drained(grace).await {
+            tracing::warn!(
+                pending = stamps.pending(),
+                "stamps still undelivered at shutdown"
+            );
+        }
+        if let Some(uploads) = &self.uploads {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !uploads.outstanding().drained(left).await {
+                tracing::warn!(
+                    pending = uploads.outstanding().pending(),
+                    "sealed transcripts neither delivered nor spooled at shutdown"
+                );
+            }
+        }
     }
 
     /// Checks each agent against the control plane: activated, and with the key this

@@ -2,19 +2,26 @@
 //!
 //! Uploads are queued in memory and sent in batches by one task. When the control plane
 //! cannot be reached they are written to a spool directory (they are ciphertext already) and
-//! shipped when it returns, so a transcript is not lost to an outage or a restart.
+//! shipped when it returns, so a transcript is not lost to an outage or a restart. The task
+//! waits a moment after the first item so uploads go in batches (they are off the request
+//! path); at shutdown the gateway waits for everything queued to be delivered or spooled.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::api::{BlobUpload, WrappedKey};
 use crate::client::{ClientError, ControlPlane};
+use crate::stamper::Outstanding;
 
 /// Most bytes of base64 sent in one blob upload call.
 const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
 const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// How long the first queued item waits for others, so each call and each ledger commit
+/// carries many (a blob is not on the request path; nobody waits for it).
+const GATHER: Duration = Duration::from_millis(10);
 
 enum Item {
     Blob(BlobUpload),
@@ -25,6 +32,7 @@ enum Item {
 #[derive(Clone)]
 pub struct Uploads {
     tx: mpsc::UnboundedSender<Item>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl Uploads {
@@ -32,22 +40,41 @@ impl Uploads {
     /// (`None` keeps them in memory only).
     pub fn start(cp: ControlPlane, spool: Option<PathBuf>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Worker { cp, spool }.run(rx));
-        Self { tx }
+        let outstanding = Arc::new(Outstanding::default());
+        let worker = Worker {
+            cp,
+            spool,
+            outstanding: outstanding.clone(),
+        };
+        tokio::spawn(worker.run(rx));
+        Self { tx, outstanding }
     }
 
     pub fn blob(&self, blob: BlobUpload) {
-        let _ = self.tx.send(Item::Blob(blob));
+        self.queue(Item::Blob(blob));
     }
 
     pub fn key(&self, key: WrappedKey) {
-        let _ = self.tx.send(Item::Key(key));
+        self.queue(Item::Key(key));
+    }
+
+    fn queue(&self, item: Item) {
+        self.outstanding.add(1);
+        if self.tx.send(item).is_err() {
+            self.outstanding.done(1);
+        }
+    }
+
+    /// Uploads neither delivered nor spooled to disk yet.
+    pub fn outstanding(&self) -> &Outstanding {
+        &self.outstanding
     }
 }
 
 struct Worker {
     cp: ControlPlane,
     spool: Option<PathBuf>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl Worker {
@@ -71,14 +98,20 @@ impl Worker {
                     Err(_) => None,
                 }
             };
+            if first.is_some() && held.is_empty() {
+                tokio::time::sleep(GATHER).await;
+            }
             held.extend(first);
             while let Ok(i) = rx.try_recv() {
                 held.push(i);
             }
+            let before = held.len();
             held = self.ship(held).await;
             if !held.is_empty() {
                 held = self.spool_out(held);
             }
+            // Delivered, refused for good, or on disk: nothing more to wait for at shutdown.
+            self.outstanding.done(before - held.len());
             if held.is_empty() {
                 self.ship_spool().await;
             }

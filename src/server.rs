@@ -60,11 +60,6 @@ pub async fn serve(
     {
         tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
     }
-    if !gateway.stamper().outstanding().drained(grace).await {
-        tracing::warn!(
-            pending = gateway.stamper().outstanding().pending(),
-            "stamps still undelivered at shutdown"
-        );
-    }
+    gateway.drain(grace).await;
     Ok(())
 }

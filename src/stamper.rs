@@ -30,6 +30,10 @@ use crate::sealer::Uploads;
 
 /// Most stamps sent in one call.
 const MAX_BATCH: usize = 256;
+/// How long a batch of response stamps only (nobody waits on them) is held for a request
+/// stamp to join it. An agent's next request usually follows its last answer within this:
+/// riding along saves that request a whole round trip behind the response stamp.
+const LINGER: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the proxy knows when it asks for a stamp; the sender fills in the chain position.
@@ -97,11 +101,11 @@ pub struct Outstanding {
 }
 
 impl Outstanding {
-    fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         self.count.fetch_add(n, Ordering::SeqCst);
     }
 
-    fn done(&self, n: usize) {
+    pub(crate) fn done(&self, n: usize) {
         if self.count.fetch_sub(n, Ordering::SeqCst) == n {
             self.idle.notify_waiters();
         }
@@ -275,13 +279,25 @@ impl Sender {
     /// Waits for queued drafts; while the control plane is down and nothing is queued,
     /// probes it so request traffic resumes as soon as it is back.
     async fn next_batch(&mut self) -> Vec<Pending> {
+        let mut linger_until: Option<Instant> = None;
         loop {
             {
                 let mut q = self.chain.queue.lock().expect("stamp queue poisoned");
                 if !q.is_empty() {
-                    let n = q.len().min(MAX_BATCH);
-                    return q.drain(..n).collect();
+                    let someone_waits = q.iter().any(|p| p.reply.is_some());
+                    let until = *linger_until.get_or_insert_with(|| Instant::now() + LINGER);
+                    if someone_waits || q.len() >= MAX_BATCH || Instant::now() >= until {
+                        let n = q.len().min(MAX_BATCH);
+                        return q.drain(..n).collect();
+                    }
                 }
+            }
+            if let Some(until) = linger_until {
+                tokio::select! {
+                    _ = self.chain.wake.notified() => {}
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                }
+                continue;
             }
             if self.chain.is_down() {
                 tokio::select! {

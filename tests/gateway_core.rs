@@ -384,12 +384,14 @@ async fn transcripts_are_sealed_and_the_prompt_never_reaches_the_ledger_in_clear
     assert_eq!(r.status, 200);
     gw.stop().await;
 
+    // Shutdown waits for the uploads: both blobs are there the moment it returns.
     let admin = cloud.admin();
-    eventually(5, "blobs", || async {
-        let page = admin.stamps(&agent, 0, 10).await.unwrap();
-        page.stamps.len() == 2 && page.stamps.iter().all(|s| s.has_blob)
-    })
-    .await;
+    let page = admin.stamps(&agent, 0, 10).await.unwrap();
+    assert_eq!(page.stamps.len(), 2);
+    assert!(
+        page.stamps.iter().all(|s| s.has_blob),
+        "every sealed transcript was delivered before shutdown completed"
+    );
     let blob = admin.blob(&agent, 1).await.unwrap().expect("request blob");
     let keys = admin.keys(&agent).await.unwrap().keys;
     assert_eq!(keys.len(), 1);
