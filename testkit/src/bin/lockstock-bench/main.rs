@@ -392,6 +392,12 @@ async fn run(args: Args) -> Result<bool> {
         m.peak_kib = procstat::peak_rss_kib(pid);
     }
 
+    // The baselines are done. LiteLLM in particular must not run on: requests it still has
+    // queued (or makes on its own) would reach the shared upstream during the long runs and be
+    // counted against the gateway, and its background work would share the two cores.
+    world.litellm = None;
+    world.nginx = None;
+
     // Long-mode extras.
     let mut extra = report::Extras::default();
     if endurance {
