@@ -9,8 +9,10 @@
 //! of a non-streamed answer). `x-fixture-cut-after: N` breaks a stream after N events, the
 //! way a provider's connection dies mid-answer.
 //!
-//! `GET /__fixture/stats` answers `{"requests":N}`: how many requests it has answered (that
-//! one excluded), so a benchmark can check that a proxy forwarded each request exactly once.
+//! `GET /__fixture/stats` answers `{"requests":N,"marked":M}`: how many requests it has
+//! answered (that one excluded), and how many of them carried `x-fixture-mark`, so a benchmark
+//! can check that a proxy forwarded each of its requests exactly once, not confused by
+//! requests a proxy makes on its own (LiteLLM does, now and then).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -51,6 +53,7 @@ struct Shared {
     record: bool,
     recorded: Mutex<Vec<Recorded>>,
     served: AtomicU64,
+    marked: AtomicU64,
 }
 
 /// A running stand-in; stops when dropped.
@@ -114,6 +117,7 @@ impl Upstream {
             record,
             recorded: Mutex::new(Vec::new()),
             served: AtomicU64::new(0),
+            marked: AtomicU64::new(0),
         });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let s = shared.clone();
@@ -217,13 +221,17 @@ fn status_of(name: &str) -> StatusCode {
 async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/__fixture/stats" {
         let served = shared.served.load(Ordering::Relaxed);
+        let marked = shared.marked.load(Ordering::Relaxed);
         return plain(
             StatusCode::OK,
             "application/json",
-            Bytes::from(format!("{{\"requests\":{served}}}")),
+            Bytes::from(format!("{{\"requests\":{served},\"marked\":{marked}}}")),
         );
     }
     shared.served.fetch_add(1, Ordering::Relaxed);
+    if req.headers().contains_key("x-fixture-mark") {
+        shared.marked.fetch_add(1, Ordering::Relaxed);
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -388,6 +396,32 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(status_of("anthropic-messages"), StatusCode::OK);
+    }
+
+    /// One HTTP/1.1 request over a fresh connection; the whole answer as text.
+    async fn send(addr: SocketAddr, head: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(format!("{head}Host: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn stats_count_every_request_and_the_marked_ones_apart() {
+        let up = Upstream::start_with("127.0.0.1:0".parse().unwrap(), false).await;
+        send(up.addr, "GET /v1/models HTTP/1.1\r\n").await;
+        send(up.addr, "GET /v1/models HTTP/1.1\r\nx-fixture-mark: 1\r\n").await;
+        send(up.addr, "GET /v1/models HTTP/1.1\r\n").await;
+        let stats = send(up.addr, "GET /__fixture/stats HTTP/1.1\r\n").await;
+        assert!(
+            stats.ends_with(r#"{"requests":3,"marked":1}"#),
+            "stats: {stats}"
+        );
+        assert_eq!(up.served(), 3);
     }
 
     #[test]

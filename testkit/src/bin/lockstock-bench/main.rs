@@ -392,9 +392,8 @@ async fn run(args: Args) -> Result<bool> {
         m.peak_kib = procstat::peak_rss_kib(pid);
     }
 
-    // The baselines are done. LiteLLM in particular must not run on: requests it still has
-    // queued (or makes on its own) would reach the shared upstream during the long runs and be
-    // counted against the gateway, and its background work would share the two cores.
+    // The baselines are done: they must not share the two cores with the long runs (LiteLLM
+    // keeps working in the background, and calls the upstream on its own now and then).
     world.litellm = None;
     world.nginx = None;
 
@@ -552,7 +551,7 @@ fn load_for<'a>(
 ) -> Load<'a> {
     let path = "/v1/chat/completions";
     let mut procs = vec![("upstream", w.upstream.proc.pid())];
-    let mut headers = Vec::new();
+    let mut headers = vec!["x-fixture-mark: 1".to_owned()];
     let mut expect_exact = true;
     let base = match t {
         Target::Direct => w.upstream.url.clone(),
@@ -672,18 +671,20 @@ async fn measure(w: &World, t: Target, mode: Mode, load: &Load<'_>) -> Result<Ca
         load.seconds,
         load.warmup
     ));
-    let served_before = setup::served(&w.http, &w.upstream.url).await?;
+    // LiteLLM need not pass the mark on: its count is every request, reported, not judged.
+    let marked = t != Target::LiteLlm;
+    let served_before = setup::served(&w.http, &w.upstream.url, marked).await?;
     let seq_before = agent_seq(w, t).await?;
     let v = loadgen(w, load, mode).await?;
     // Let the gateway's last stamps and blobs land before counting them (and before the next
     // case starts measuring CPU).
     let sent = v["sent"].as_u64().unwrap_or(0);
-    let mut forwarded = setup::served(&w.http, &w.upstream.url).await? - served_before;
+    let mut forwarded = setup::served(&w.http, &w.upstream.url, marked).await? - served_before;
     let mut stamps = None;
     if let Some(before) = seq_before {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            forwarded = setup::served(&w.http, &w.upstream.url).await? - served_before;
+            forwarded = setup::served(&w.http, &w.upstream.url, marked).await? - served_before;
             let seq = agent_seq(w, t).await?.unwrap_or(before);
             stamps = Some(seq - before);
             if seq - before >= 2 * forwarded || tokio::time::Instant::now() > deadline {

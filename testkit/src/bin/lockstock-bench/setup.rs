@@ -47,11 +47,14 @@ pub fn upstream(bin: &Path, dir: &Path) -> Result<Upstream> {
     Ok(Upstream { proc, url })
 }
 
-/// How many requests the upstream has answered.
-pub async fn served(http: &Http, upstream: &str) -> Result<u64> {
+/// Requests the upstream has answered; with `marked`, only those that carried the load
+/// generator's `x-fixture-mark` header, so requests a proxy makes on its own are not counted.
+pub async fn served(http: &Http, upstream: &str, marked: bool) -> Result<u64> {
     let (_, body) = procs::get(http, &format!("{upstream}/__fixture/stats"), &[]).await?;
     let v: serde_json::Value = serde_json::from_slice(&body)?;
-    v["requests"].as_u64().context("upstream stats")
+    v[if marked { "marked" } else { "requests" }]
+        .as_u64()
+        .context("upstream stats")
 }
 
 pub struct Cloud {
