@@ -258,21 +258,45 @@ async fn two_gateways_sharing_an_agent_key_fork_the_chain() {
     .await;
     let http = Http::default();
     let h = [("x-d3cipher-agent", agent.as_str())];
+    let admin = cloud.admin();
+    // Each exchange's two stamps are let into the ledger before the next request, so the
+    // interleaving is the same on every run: b picks up the head a left (seq 2) and extends it;
+    // a, still holding seq 2 as its head, then presents a stamp that does not chain. (Without
+    // the wait, a's response stamp can be the one that collides: the agent is frozen just the
+    // same, but no client sees the 409.)
     let mut statuses = vec![];
-    for gw in [&a, &b, &a, &b] {
-        statuses.push(
-            http.post(
+    for (gw, settled_seq) in [(&a, Some(2)), (&b, Some(4)), (&a, None), (&b, None)] {
+        let reply = http
+            .post(
                 &format!("{}/v1/chat/completions", gw.url),
                 &h,
                 OPENAI_CHAT.as_bytes(),
             )
-            .await
-            .status,
-        );
+            .await;
+        if reply.status == 409 {
+            assert_eq!(reply.json()["error"]["message"], "Chain hash mismatch");
+        }
+        statuses.push(reply.status);
+        if let Some(seq) = settled_seq {
+            eventually(5, "the exchange's stamps", || async {
+                admin.agent(&agent).await.unwrap().seq >= seq
+            })
+            .await;
+        }
     }
-    assert!(statuses.contains(&409), "{statuses:?}");
-    let info = cloud.admin().agent(&agent).await.unwrap();
+    // The clone that forked sees 409; afterwards the frozen agent is refused on either gateway.
+    assert_eq!(statuses, [200, 200, 409, 429]);
+    let info = admin.agent(&agent).await.unwrap();
     assert!(info.locked, "a fork freezes the agent");
+    assert!(
+        info.lock_reason.as_deref().unwrap_or("").contains("fork"),
+        "{info:?}"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "refused requests never reach the provider"
+    );
 }
 
 #[tokio::test]
