@@ -44,6 +44,7 @@ impl Uploads {
         let worker = Worker {
             cp,
             spool,
+            spooled: false,
             outstanding: outstanding.clone(),
         };
         tokio::spawn(worker.run(rx));
@@ -74,19 +75,24 @@ impl Uploads {
 struct Worker {
     cp: ControlPlane,
     spool: Option<PathBuf>,
+    /// The spool may hold files. Only this task writes there, so the directory is read at
+    /// start and after an outage, not on every cycle (that would be blocking file-system
+    /// calls on a runtime worker, about a hundred times a second under load).
+    spooled: bool,
     outstanding: Arc<Outstanding>,
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Item>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) {
         if let Some(dir) = &self.spool
             && let Err(e) = create_private_dir(dir)
         {
             tracing::error!(dir = %dir.display(), error = %e, "cannot create the spool directory");
         }
+        self.spooled = self.spool_has_files();
         let mut held: Vec<Item> = Vec::new();
         loop {
-            let first = if held.is_empty() && !self.spool_has_files() {
+            let first = if held.is_empty() && !self.spooled {
                 match rx.recv().await {
                     Some(i) => Some(i),
                     None => return,
@@ -112,8 +118,8 @@ impl Worker {
             }
             // Delivered, refused for good, or on disk: nothing more to wait for at shutdown.
             self.outstanding.done(before - held.len());
-            if held.is_empty() {
-                self.ship_spool().await;
+            if held.is_empty() && self.spooled {
+                self.spooled = !self.ship_spool().await;
             }
         }
     }
@@ -180,7 +186,7 @@ impl Worker {
     }
 
     /// Writes undelivered items to the spool; returns what could not be written.
-    fn spool_out(&self, items: Vec<Item>) -> Vec<Item> {
+    fn spool_out(&mut self, items: Vec<Item>) -> Vec<Item> {
         let Some(dir) = &self.spool else {
             return items;
         };
@@ -199,19 +205,23 @@ impl Worker {
             let written = json
                 .map_err(std::io::Error::other)
                 .and_then(|bytes| write_atomic(&dir.join(&name), &bytes));
-            if let Err(e) = written {
-                tracing::error!(file = %name, error = %e, "cannot spool an upload; keeping it in memory");
-                left.push(item);
+            match written {
+                Ok(()) => self.spooled = true,
+                Err(e) => {
+                    tracing::error!(file = %name, error = %e, "cannot spool an upload; keeping it in memory");
+                    left.push(item);
+                }
             }
         }
         left
     }
 
     /// Ships spooled files, keys before blobs, deleting each once delivered or refused.
-    async fn ship_spool(&self) {
-        let Some(dir) = &self.spool else { return };
+    /// Returns whether the spool is empty now.
+    async fn ship_spool(&self) -> bool {
+        let Some(dir) = &self.spool else { return true };
         let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
+            return false;
         };
         let mut files: Vec<PathBuf> = entries
             .flatten()
@@ -240,10 +250,11 @@ impl Worker {
                 continue;
             };
             if !self.ship(vec![item]).await.is_empty() {
-                return;
+                return false;
             }
             let _ = std::fs::remove_file(&path);
         }
+        true
     }
 }
 

@@ -737,7 +737,7 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
     use lockstock::api::BlobUpload;
     use lockstock::chain::{Hash32, Head, STAMP_VERSION, Stamp};
     let dir = tempfile::tempdir().unwrap();
-    let cloud = Cloud::start(dir.path()).await;
+    let mut cloud = Cloud::start(dir.path()).await;
     let seed = seed();
     let agent = cloud.agent(&seed, "spool").await;
     let key = lockstock::agent::signing_key(&seed, &agent);
@@ -745,7 +745,7 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
     let blob = dek
         .seal(&agent, 1, StampKind::Request, b"{\"prompt\":\"kept safe\"}")
         .unwrap();
-    let stamp = Stamp {
+    let first = Stamp {
         version: STAMP_VERSION,
         agent_id: agent.clone(),
         seq: 1,
@@ -759,9 +759,27 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
         flags: 0,
         status: 0,
         blob_hash: Some(Hash32::of(&blob)),
-    }
-    .sign(&key);
-    cloud.gateway().append(&[stamp]).await.unwrap();
+    };
+    // A second exchange, whose blob is spooled by an uploader that is already running.
+    let blob2 = dek
+        .seal(
+            &agent,
+            2,
+            StampKind::Request,
+            b"{\"prompt\":\"kept safe too\"}",
+        )
+        .unwrap();
+    let second = Stamp {
+        seq: 2,
+        prev_hash: first.hash(),
+        blob_hash: Some(Hash32::of(&blob2)),
+        ..first.clone()
+    };
+    cloud
+        .gateway()
+        .append(&[first.sign(&key), second.sign(&key)])
+        .await
+        .unwrap();
 
     let spool = dir.path().join("spool");
     let upload = BlobUpload {
@@ -794,7 +812,7 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
     assert_eq!(mode & 0o777, 0o600);
     assert!(cloud.admin().blob(&agent, 1).await.unwrap().is_none());
 
-    let _uploads = lockstock::sealer::Uploads::start(cloud.gateway(), Some(spool.clone()));
+    let uploads = lockstock::sealer::Uploads::start(cloud.gateway(), Some(spool.clone()));
     eventually(10, "the spooled blob to be shipped", || async {
         cloud.admin().blob(&agent, 1).await.unwrap().is_some()
     })
@@ -810,6 +828,29 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
         blob.as_slice()
     );
     eventually(5, "the spool to be emptied", || async {
+        std::fs::read_dir(&spool).unwrap().count() == 0
+    })
+    .await;
+
+    // The same uploader, through an outage: spooled, then shipped once the control plane is back.
+    let addr = cloud.addr();
+    cloud.stop().await;
+    uploads.blob(BlobUpload {
+        agent_id: agent.clone(),
+        seq: 2,
+        kind: StampKind::Request,
+        data: base64::engine::general_purpose::STANDARD.encode(&blob2),
+    });
+    eventually(10, "the second blob to be spooled", || async {
+        std::fs::read_dir(&spool).unwrap().count() == 1
+    })
+    .await;
+    cloud.serve(Some(addr)).await;
+    eventually(10, "the second spooled blob to be shipped", || async {
+        cloud.admin().blob(&agent, 2).await.unwrap().is_some()
+    })
+    .await;
+    eventually(5, "the spool to be emptied again", || async {
         std::fs::read_dir(&spool).unwrap().count() == 0
     })
     .await;
