@@ -4,6 +4,12 @@
 //! length-prefixed strings). Its hash is SHA-256 over that encoding, and the agent's Ed25519
 //! key signs the same bytes, so anyone with the agent's public key can re-verify a chain
 //! offline without trusting the control plane or any JSON library.
+//!
+//! A batch of consecutive stamps sent in one call carries one signature, on its last stamp
+//! ([`sign_batch`]): each stamp's hash is in the next one's `prev_hash`, so that signature
+//! commits to every stamp of the batch exactly as much as one signature each would (forging
+//! any of them means breaking SHA-256 or Ed25519), at a fraction of the cost on both ends.
+//! An unsigned stamp counts only once a validly signed stamp that extends it is seen.
 
 use std::fmt;
 
@@ -157,6 +163,8 @@ pub enum StampError {
     Signature,
     #[error("signature is not 64 bytes of base64")]
     SignatureEncoding,
+    #[error("the stamp carries no signature and no validly signed stamp after it extends it")]
+    Uncovered,
 }
 
 impl Stamp {
@@ -220,9 +228,28 @@ impl Stamp {
         let signature = key.sign(&self.canonical_bytes()).to_bytes();
         SignedStamp {
             stamp: self,
-            signature: Sig(signature),
+            signature: Some(Sig(signature)),
         }
     }
+
+    /// Leaves the stamp for a later stamp's signature to cover (see [`sign_batch`]).
+    pub fn unsigned(self) -> SignedStamp {
+        SignedStamp {
+            stamp: self,
+            signature: None,
+        }
+    }
+}
+
+/// Signs a batch of consecutive stamps of one chain (each one's `prev_hash` the hash of the
+/// one before) with one signature, on the last stamp.
+pub fn sign_batch(stamps: Vec<Stamp>, key: &SigningKey) -> Vec<SignedStamp> {
+    let last = stamps.len().saturating_sub(1);
+    stamps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| if i == last { s.sign(key) } else { s.unsigned() })
+        .collect()
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -275,28 +302,50 @@ impl fmt::Debug for Sig {
     }
 }
 
-/// A stamp with the agent's signature over its canonical bytes.
+/// A stamp with the agent's signature over its canonical bytes, or with none when a later
+/// stamp of its batch carries the signature that covers it (see [`sign_batch`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedStamp {
     #[serde(flatten)]
     pub stamp: Stamp,
-    pub signature: Sig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Sig>,
 }
 
 impl SignedStamp {
-    /// Checks structure and signature against the agent's public key.
+    /// Checks structure and the stamp's own signature against the agent's public key; an
+    /// unsigned stamp is [`StampError::Uncovered`] here, since only a later stamp can vouch for it.
     pub fn verify(&self, key: &VerifyingKey) -> Result<Hash32, StampError> {
         self.stamp.check()?;
+        let sig = self.signature.ok_or(StampError::Uncovered)?;
         let bytes = self.stamp.canonical_bytes();
-        key.verify(&bytes, &Signature::from_bytes(&self.signature.0))
+        key.verify(&bytes, &Signature::from_bytes(&sig.0))
             .map_err(|_| StampError::Signature)?;
         Ok(Hash32::of(&bytes))
     }
+
+    /// Checks structure only and returns the hash: what an unsigned stamp can show by itself.
+    fn hash_checked(&self) -> Result<Hash32, StampError> {
+        self.stamp.check()?;
+        Ok(self.stamp.hash())
+    }
 }
 
-/// Verifies many stamps at once (Ed25519 batch verification is roughly twice as fast per
-/// signature). On failure, falls back to one by one so the caller learns which ones failed.
+/// Verifies many stamps at once, in the order they were sent (Ed25519 batch verification is
+/// roughly twice as fast per signature; on failure it falls back to one by one so the caller
+/// learns which ones failed). An unsigned stamp is good when the next item extends it (same
+/// agent and key, next seq, `prev_hash` its hash) and is good itself.
 pub fn verify_many(items: &[(&SignedStamp, &VerifyingKey)]) -> Vec<Result<Hash32, StampError>> {
+    verify_calls(items, &[])
+}
+
+/// [`verify_many`] over the stamps of several calls at once: `starts` (ascending) are the
+/// indices where another call's stamps begin. A signature covers stamps of its own call only,
+/// so a call is appended or refused on its own merits.
+pub fn verify_calls(
+    items: &[(&SignedStamp, &VerifyingKey)],
+    starts: &[usize],
+) -> Vec<Result<Hash32, StampError>> {
     let mut out = Vec::with_capacity(items.len());
     let mut bytes = Vec::with_capacity(items.len());
     for (signed, _) in items {
@@ -312,25 +361,44 @@ pub fn verify_many(items: &[(&SignedStamp, &VerifyingKey)]) -> Vec<Result<Hash32
             }
         }
     }
-    let checked: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_ok()).collect();
-    if checked.len() > 1 {
-        let msgs: Vec<&[u8]> = checked.iter().map(|&i| bytes[i].as_slice()).collect();
-        let sigs: Vec<Signature> = checked
-            .iter()
-            .map(|&i| Signature::from_bytes(&items[i].0.signature.0))
-            .collect();
-        let keys: Vec<VerifyingKey> = checked.iter().map(|&i| *items[i].1).collect();
-        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-            return out;
+    let signed: Vec<(usize, Signature)> = (0..items.len())
+        .filter(|&i| out[i].is_ok())
+        .filter_map(|i| Some((i, Signature::from_bytes(&items[i].0.signature?.0))))
+        .collect();
+    let batch_ok = signed.len() > 1 && {
+        let msgs: Vec<&[u8]> = signed.iter().map(|&(i, _)| bytes[i].as_slice()).collect();
+        let sigs: Vec<Signature> = signed.iter().map(|&(_, s)| s).collect();
+        let keys: Vec<VerifyingKey> = signed.iter().map(|&(i, _)| *items[i].1).collect();
+        ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+    };
+    if !batch_ok {
+        for &(i, sig) in &signed {
+            if items[i].1.verify(&bytes[i], &sig).is_err() {
+                out[i] = Err(StampError::Signature);
+            }
         }
     }
-    for &i in &checked {
-        let sig = Signature::from_bytes(&items[i].0.signature.0);
-        if items[i].1.verify(&bytes[i], &sig).is_err() {
-            out[i] = Err(StampError::Signature);
+    for i in (0..items.len()).rev() {
+        let (stamp, key) = items[i];
+        let Ok(hash) = out[i] else { continue };
+        if stamp.signature.is_some() {
+            continue;
+        }
+        let same_call = starts.binary_search(&(i + 1)).is_err();
+        let covered = same_call
+            && items.get(i + 1).is_some_and(|&(next, next_key)| {
+                out[i + 1].is_ok() && next_key == key && extends(&next.stamp, &stamp.stamp, hash)
+            });
+        if !covered {
+            out[i] = Err(StampError::Uncovered);
         }
     }
     out
+}
+
+/// True when `next` is the link right after `prev` (whose hash is `prev_hash`) in one chain.
+fn extends(next: &Stamp, prev: &Stamp, prev_hash: Hash32) -> bool {
+    next.agent_id == prev.agent_id && next.seq == prev.seq + 1 && next.prev_hash == prev_hash
 }
 
 /// The last link of a chain: where the next stamp must attach.
@@ -367,6 +435,9 @@ pub enum ChainError {
 /// Walks a chain in order from `start` (the genesis head, or a trusted earlier head).
 ///
 /// `recorded_hash`, when given, is the hash the ledger stored for each stamp; it must match.
+///
+/// Unsigned stamps are accepted once a validly signed stamp extends them; a chain that ends on
+/// unsigned stamps fails, naming the first of them.
 pub fn verify_chain<'a>(
     agent: &AgentId,
     key: &VerifyingKey,
@@ -374,6 +445,7 @@ pub fn verify_chain<'a>(
     stamps: impl IntoIterator<Item = (&'a SignedStamp, Option<Hash32>)>,
 ) -> Result<Head, ChainError> {
     let mut head = start;
+    let mut uncovered: Option<u64> = None;
     for (signed, recorded) in stamps {
         let s = &signed.stamp;
         if &s.agent_id != agent {
@@ -391,15 +463,26 @@ pub fn verify_chain<'a>(
         if s.prev_hash != head.hash {
             return Err(ChainError::Link { seq: s.seq });
         }
-        let hash = signed
-            .verify(key)
-            .map_err(|source| ChainError::Stamp { seq: s.seq, source })?;
+        let hash = if signed.signature.is_some() {
+            uncovered = None;
+            signed.verify(key)
+        } else {
+            uncovered.get_or_insert(s.seq);
+            signed.hash_checked()
+        }
+        .map_err(|source| ChainError::Stamp { seq: s.seq, source })?;
         if recorded.is_some_and(|r| r != hash) {
             return Err(ChainError::Hash { seq: s.seq });
         }
         head = Head { seq: s.seq, hash };
     }
-    Ok(head)
+    match uncovered {
+        Some(seq) => Err(ChainError::Stamp {
+            seq,
+            source: StampError::Uncovered,
+        }),
+        None => Ok(head),
+    }
 }
 
 #[cfg(test)]
@@ -544,11 +627,130 @@ mod tests {
         let stamps = chain(4);
         let vk = key().verifying_key();
         let mut bad = stamps.clone();
-        bad[1].signature.0[0] ^= 1;
+        bad[1].signature.as_mut().unwrap().0[0] ^= 1;
         let items: Vec<_> = bad.iter().map(|s| (s, &vk)).collect();
         let results = verify_many(&items);
         assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok());
         assert_eq!(results[1], Err(StampError::Signature));
+    }
+
+    /// Stamps 1..=n in batches of `size`, each batch signed once, as the gateway sends them.
+    fn batched(n: u64, size: usize) -> Vec<SignedStamp> {
+        let mut head = Head::genesis(&agent());
+        let mut stamps = Vec::new();
+        for seq in 1..=n {
+            let s = request(seq, head.hash);
+            head = Head {
+                seq,
+                hash: s.hash(),
+            };
+            stamps.push(s);
+        }
+        let mut out = Vec::new();
+        while !stamps.is_empty() {
+            let rest = stamps.split_off(size.min(stamps.len()));
+            out.extend(sign_batch(std::mem::replace(&mut stamps, rest), &key()));
+        }
+        out
+    }
+
+    fn walk(stamps: &[SignedStamp]) -> Result<Head, ChainError> {
+        verify_chain(
+            &agent(),
+            &key().verifying_key(),
+            Head::genesis(&agent()),
+            stamps.iter().map(|s| (s, None)),
+        )
+    }
+
+    #[test]
+    fn a_batch_carries_one_signature_that_covers_every_stamp_in_it() {
+        let stamps = batched(7, 3);
+        let signed: Vec<u64> = stamps
+            .iter()
+            .filter(|s| s.signature.is_some())
+            .map(|s| s.stamp.seq)
+            .collect();
+        assert_eq!(signed, [3, 6, 7]);
+        assert_eq!(walk(&stamps).unwrap().seq, 7);
+        let vk = key().verifying_key();
+        let items: Vec<_> = stamps.iter().map(|s| (s, &vk)).collect();
+        assert!(verify_many(&items).iter().all(Result::is_ok));
+        let json = serde_json::to_value(&stamps[0]).unwrap();
+        assert!(json.get("signature").is_none(), "{json}");
+        let back: SignedStamp = serde_json::from_value(json).unwrap();
+        assert_eq!(back, stamps[0]);
+    }
+
+    #[test]
+    fn an_unsigned_stamp_without_a_good_signature_after_it_is_refused() {
+        let vk = key().verifying_key();
+        let stamps = batched(3, 3);
+        let check = |stamps: &[SignedStamp]| {
+            let items: Vec<_> = stamps.iter().map(|s| (s, &vk)).collect();
+            verify_many(&items)
+        };
+
+        // The batch cut short: nothing signs the first two.
+        let cut = check(&stamps[..2]);
+        assert_eq!(cut, vec![Err(StampError::Uncovered); 2]);
+        let err = walk(&stamps[..2]).unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::Stamp {
+                seq: 1,
+                source: StampError::Uncovered
+            }
+        );
+
+        // An altered unsigned stamp no longer matches the prev_hash the signature covers.
+        let mut altered = stamps.clone();
+        altered[1].stamp.tokens_in += 1;
+        let results = check(&altered);
+        assert_eq!(results[1], Err(StampError::Uncovered));
+        assert_eq!(
+            results[0],
+            Err(StampError::Uncovered),
+            "its cover is gone too"
+        );
+        assert!(results[2].is_ok());
+        assert_eq!(walk(&altered).unwrap_err(), ChainError::Link { seq: 3 });
+
+        // A bad signature takes down every stamp it was to cover.
+        let mut forged = stamps.clone();
+        forged[2].signature.as_mut().unwrap().0[5] ^= 1;
+        assert_eq!(
+            check(&forged),
+            vec![
+                Err(StampError::Uncovered),
+                Err(StampError::Uncovered),
+                Err(StampError::Signature)
+            ]
+        );
+
+        // Another agent's signed stamp does not cover this agent's unsigned one.
+        let other_key = SigningKey::from_bytes(&[9u8; 32]);
+        let mut crossed = stamps.clone();
+        crossed[2] = crossed[2].stamp.clone().sign(&other_key);
+        let other_vk = other_key.verifying_key();
+        let items = vec![
+            (&crossed[0], &vk),
+            (&crossed[1], &vk),
+            (&crossed[2], &other_vk),
+        ];
+        let results = verify_many(&items);
+        assert_eq!(results[1], Err(StampError::Uncovered));
+        assert!(results[2].is_ok());
+
+        // A signature covers the stamps of its own call only.
+        let items: Vec<_> = stamps.iter().map(|s| (s, &vk)).collect();
+        let split = verify_calls(&items, &[2]);
+        assert_eq!(
+            split[..2],
+            [Err(StampError::Uncovered), Err(StampError::Uncovered)]
+        );
+        assert!(split[2].is_ok());
+        assert!(verify_calls(&items, &[0, 3]).iter().all(Result::is_ok));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //!
 //! Each agent has one queue and one sender task. The sender takes everything queued, assigns
 //! consecutive seqs from the chain head, seals transcripts (the seq is part of the blob's
-//! AAD, so sealing happens here), signs, and sends the batch in one call; the control plane
-//! commits a batch with one fsync. While a batch is in flight, new drafts queue up and form
-//! the next batch, so batches grow with load and latency stays one round trip when idle.
+//! AAD, so sealing happens here), signs the batch once (its last stamp), and sends it in one
+//! call; the control plane commits a batch with one fsync. While a batch is in flight, new
+//! drafts queue up and form the next batch, so batches grow with load and latency stays one
+//! round trip when idle.
 //!
 //! A signed stamp is never rewritten: if delivery fails, the same bytes are retried until the
 //! control plane answers (it recognises a retry as a duplicate and repeats its verdict).
@@ -23,7 +24,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::AgentId;
 use crate::api::{BlobUpload, Verdict, WrappedKey};
-use crate::chain::{Hash32, Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, flags};
+use crate::chain::{Hash32, Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, flags, sign_batch};
 use crate::client::ControlPlane;
 use crate::seal::{AccountPublicKey, Dek};
 use crate::sealer::Uploads;
@@ -364,8 +365,11 @@ impl Sender {
         }
     }
 
+    /// Assigns seqs from `head`, seals transcripts and signs the batch (once: its last stamp's
+    /// signature covers the rest, see [`sign_batch`]).
     fn build(&mut self, mut head: Head, batch: Vec<Pending>) -> (Vec<Built>, Head) {
-        let mut out = Vec::with_capacity(batch.len());
+        let mut stamps = Vec::with_capacity(batch.len());
+        let mut rest = Vec::with_capacity(batch.len());
         for p in batch {
             let seq = head.seq + 1;
             let blob = p
@@ -392,13 +396,19 @@ impl Sender {
                 seq,
                 hash: stamp.hash(),
             };
-            out.push(Built {
-                signed: stamp.sign(&self.chain.key),
-                blob,
-                reply: p.reply,
-            });
+            stamps.push(stamp);
+            rest.push((blob, p.reply));
         }
-        (out, head)
+        let built = sign_batch(stamps, &self.chain.key)
+            .into_iter()
+            .zip(rest)
+            .map(|(signed, (blob, reply))| Built {
+                signed,
+                blob,
+                reply,
+            })
+            .collect();
+        (built, head)
     }
 
     /// Seals a transcript with the current epoch's data key, starting a new epoch when due.

@@ -421,10 +421,23 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
         "{stdout}"
     );
 
+    // A batch carries one signature, on its last stamp. An answer's stamp (seq 2) rides in the
+    // next request's batch when that request comes within the gateway's linger (2 ms, the
+    // usual case here); then seq 3's signature is the one that vouches for it.
+    let mut seq2_signed = true;
     w.with_db_offline(|db| {
-        // A blob (seq 2, the first answer), a stamp (seq 3, the second request) and the
-        // other agent's wrapped data key each get one bit flipped.
-        flip_blob(db, &agent, 2);
+        seq2_signed = db
+            .query_row(
+                "SELECT length(signature) > 0 FROM stamps \
+                 WHERE seq = 2 AND agent = (SELECT id FROM agents WHERE agent_id = ?1)",
+                [agent.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // A stamp (seq 3, the second request), a blob (seq 4, its answer, whose stamp is
+        // intact and covered by seq 4 or 5) and the other agent's wrapped data key each get
+        // one bit flipped.
+        flip_blob(db, &agent, 4);
         db.execute(
             "UPDATE stamps SET tokens_in = (tokens_in | 1) - (tokens_in & 1) \
              WHERE seq = 3 AND agent = (SELECT id FROM agents WHERE agent_id = ?1)",
@@ -452,7 +465,7 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
-        lines.contains(&format!("{agent}: seq 2: blob hash mismatch (the stored blob is not the one its stamp commits to)").as_str()),
+        lines.contains(&format!("{agent}: seq 4: blob hash mismatch (the stored blob is not the one its stamp commits to)").as_str()),
         "{stdout}"
     );
     assert!(
@@ -466,12 +479,22 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
         ),
         "{stdout}"
     );
-    assert!(
-        !stdout.contains("seq 4:"),
+    assert_eq!(
+        stdout.matches("seq 4:").count(),
+        1,
         "seq 4 still links to seq 3: {stdout}"
     );
+    // Unsigned, seq 2 lost its cover with seq 3's contents.
+    let uncovered = format!("{agent}: seq 2: it is unsigned and no valid signature covers it");
+    assert_eq!(
+        !seq2_signed,
+        lines.iter().any(|l| l.starts_with(&uncovered)),
+        "{stdout}"
+    );
+    assert_eq!(stdout.contains("seq 2:"), !seq2_signed, "{stdout}");
+    let problems = if seq2_signed { 3 } else { 4 };
     assert!(
-        stdout.contains("FAILED: 3 problem(s) in 6 stamps"),
+        stdout.contains(&format!("FAILED: {problems} problem(s) in 6 stamps")),
         "{stdout}"
     );
 
@@ -515,13 +538,17 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
     let ex = json_lines(&out);
     assert_eq!(ex.len(), 3);
     assert_eq!(ex[0]["request"]["blob"], "decrypted");
-    assert_eq!(ex[0]["response"]["blob"], "refused");
-    assert!(
-        ex[0]["response"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("blob hash mismatch")
-    );
+    if seq2_signed {
+        assert_eq!(ex[0]["response"]["blob"], "decrypted");
+    } else {
+        assert_eq!(ex[0]["response"]["blob"], "refused");
+        assert!(
+            ex[0]["response"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no valid signature covers it")
+        );
+    }
     assert_eq!(ex[1]["request"]["blob"], "refused");
     assert!(
         ex[1]["request"]["reason"]
@@ -529,15 +556,26 @@ async fn tampering_is_named_by_verify_and_refused_entry_by_entry_by_audit() {
             .unwrap()
             .contains("signature does not verify")
     );
-    assert_eq!(ex[1]["response"]["blob"], "decrypted");
+    assert_eq!(ex[1]["response"]["blob"], "refused");
+    assert!(
+        ex[1]["response"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("blob hash mismatch")
+    );
     assert_eq!(ex[2]["request"]["blob"], "decrypted");
     assert_eq!(ex[2]["response"]["blob"], "decrypted");
     assert_eq!(
         ex[2]["response"]["body"].as_str().unwrap().as_bytes(),
         fixture("openai-chat").0.as_slice()
     );
+    assert_eq!(
+        stderr.contains("seq 2: refused: its stamp does not verify"),
+        !seq2_signed,
+        "{stderr}"
+    );
     assert!(
-        stderr.contains("seq 2: refused: blob hash mismatch"),
+        stderr.contains("seq 4: refused: blob hash mismatch"),
         "{stderr}"
     );
     assert!(

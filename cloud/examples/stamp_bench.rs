@@ -3,7 +3,8 @@
 //! Starts the control plane in-process on a temp SQLite file (WAL, synchronous=FULL: every
 //! acknowledged stamp is on disk), provisions one agent per client, and has every client
 //! append validly signed stamps to its own chain as a gateway does (a request stamp, then the
-//! response stamp that settles it), for each batch size in turn.
+//! response stamp that settles it; one signature per call, on its last stamp), for each batch
+//! size in turn.
 //!
 //! ```text
 //! cargo run --release -p lockstock-cloud --example stamp_bench -- --seconds 10 --clients 32
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use lockstock::AgentId;
-use lockstock::chain::{Head, STAMP_VERSION, SignedStamp, Stamp, StampKind};
+use lockstock::chain::{Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, sign_batch};
 use lockstock::client::ControlPlane;
 use lockstock::secret::ExposeSecret;
 
@@ -67,7 +68,13 @@ struct Chain {
 }
 
 impl Chain {
-    fn next(&mut self) -> SignedStamp {
+    /// The next `n` stamps, signed once as a gateway signs a batch (see `chain::sign_batch`).
+    fn batch(&mut self, n: usize) -> Vec<SignedStamp> {
+        let stamps = (0..n).map(|_| self.next()).collect();
+        sign_batch(stamps, &self.key)
+    }
+
+    fn next(&mut self) -> Stamp {
         let seq = self.head.seq + 1;
         let request = seq % 2 == 1;
         let stamp = Stamp {
@@ -89,12 +96,11 @@ impl Chain {
             status: if request { 0 } else { 200 },
             blob_hash: None,
         };
-        let signed = stamp.sign(&self.key);
         self.head = Head {
             seq,
-            hash: signed.stamp.hash(),
+            hash: stamp.hash(),
         };
-        signed
+        stamp
     }
 }
 
@@ -212,12 +218,12 @@ async fn run(args: Args, url: String, keys: lockstock_cloud::InitKeys, dir: &std
 
     for &batch in &args.batches {
         // Enough pre-signed stamps for a generous rate; the clients stop when they run out.
-        let presigned: Vec<Vec<SignedStamp>> = if args.presign {
+        let presigned: Vec<Vec<Vec<SignedStamp>>> = if args.presign {
             // Enough for 40,000 stamps/s; a client that runs out stops early (reported).
             let per_client = (40_000 * (args.seconds as usize + 2) / args.clients).max(batch * 4);
             chains
                 .iter_mut()
-                .map(|c| (0..per_client).map(|_| c.next()).collect())
+                .map(|c| (0..per_client / batch).map(|_| c.batch(batch)).collect())
                 .collect()
         } else {
             vec![Vec::new(); chains.len()]
@@ -236,13 +242,13 @@ async fn run(args: Args, url: String, keys: lockstock_cloud::InitKeys, dir: &std
                 let mut stamps_done = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let stamps: Vec<SignedStamp> = if args.presign {
-                        if pre.len() < batch {
+                        let Some(call) = pre.pop() else {
                             eprintln!("stamp_bench: a client ran out of pre-signed stamps");
                             break;
-                        }
-                        (0..batch).map(|_| pre.pop().expect("checked")).collect()
+                        };
+                        call
                     } else {
-                        (0..batch).map(|_| chain.next()).collect()
+                        chain.batch(batch)
                     };
                     let t = Instant::now();
                     let resp = gateway.append(&stamps).await.expect("append");
@@ -269,7 +275,7 @@ async fn run(args: Args, url: String, keys: lockstock_cloud::InitKeys, dir: &std
         let mut total = 0;
         for t in tasks {
             let (mut chain, pre, lat, n) = t.await.unwrap();
-            if let Some(last_unsent) = pre.last() {
+            if let Some(last_unsent) = pre.last().and_then(|call| call.first()) {
                 // Unsent pre-signed stamps: rewind the chain to the last sent one.
                 chain.head = Head {
                     seq: last_unsent.stamp.seq - 1,

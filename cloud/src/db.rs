@@ -64,7 +64,7 @@ CREATE TABLE stamps (
     blob_hash BLOB,
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL,
-    signature BLOB NOT NULL,
+    signature BLOB NOT NULL, -- empty: covered by the next signed stamp of its batch
     verdict TEXT NOT NULL,
     recorded_ms INTEGER NOT NULL,
     PRIMARY KEY (agent, seq)

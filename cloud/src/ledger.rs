@@ -692,7 +692,8 @@ fn insert_stamp(
         s.blob_hash.map(|h| h.0),
         s.prev_hash.0,
         hash.0,
-        signed.signature.0,
+        // Empty when a later stamp of the batch carries the signature.
+        signed.signature.as_ref().map_or(&[][..], |s| &s.0[..]),
         verdict,
         now_ms as i64,
     ])?;

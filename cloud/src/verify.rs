@@ -1,7 +1,8 @@
 //! Signature checks for appended stamps, batched across concurrent requests.
 //!
 //! Handlers hand their stamps (with the agents' bound keys) to one verifier thread. It takes
-//! everything queued, checks all signatures with one Ed25519 batch verification (several
+//! everything queued, checks all signatures (a gateway signs each call's last stamp only; that
+//! signature covers the unsigned stamps before it) with one Ed25519 batch verification (several
 //! times cheaper per signature than one by one once a few dozen are queued; a batch with a bad
 //! signature falls back to one by one so each stamp gets its own answer), and passes each
 //! request on to the ledger writer in arrival order. The writer never does cryptography.
@@ -10,7 +11,7 @@ use std::thread::JoinHandle;
 
 use ed25519_dalek::VerifyingKey;
 use lockstock::api::StampResult;
-use lockstock::chain::{Hash32, SignedStamp, verify_many};
+use lockstock::chain::{Hash32, SignedStamp, verify_calls};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -95,12 +96,18 @@ fn run(mut rx: mpsc::Receiver<Request>, ledger: Ledger) {
 
 /// One result per stamp of every request, in order.
 fn check_all(requests: &[Request]) -> Vec<Result<Hash32, String>> {
-    let items: Vec<(&SignedStamp, &VerifyingKey)> = requests
-        .iter()
-        .flat_map(|r| r.stamps.iter().zip(&r.keys))
-        .filter_map(|(s, k)| k.as_ref().map(|k| (s, k)))
-        .collect();
-    let mut verified = verify_many(&items).into_iter();
+    let mut items: Vec<(&SignedStamp, &VerifyingKey)> = Vec::new();
+    let mut starts = Vec::with_capacity(requests.len());
+    for r in requests {
+        starts.push(items.len());
+        items.extend(
+            r.stamps
+                .iter()
+                .zip(&r.keys)
+                .filter_map(|(s, k)| k.as_ref().map(|k| (s, k))),
+        );
+    }
+    let mut verified = verify_calls(&items, &starts).into_iter();
     requests
         .iter()
         .flat_map(|r| r.stamps.iter().zip(&r.keys))

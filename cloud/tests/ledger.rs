@@ -648,3 +648,82 @@ async fn the_dashboard_is_static_and_locked_down() {
         assert!(!text.contains(server.admin_key()));
     }
 }
+
+#[tokio::test]
+async fn one_signature_covers_its_batch_and_no_stamp_goes_in_uncovered() {
+    let server = Server::start().await;
+    let gateway = server.gateway();
+    let admin = server.admin();
+    let mut agent = server.agent("batched").await;
+    let invalid = |results: &[lockstock::api::StampResult], needle: &str| {
+        for r in results {
+            match &r.verdict {
+                Verdict::Invalid { message } => assert!(message.contains(needle), "{message}"),
+                other => panic!("expected invalid, got {other:?}"),
+            }
+        }
+    };
+    // request, response, request: signed once, on the last, as the gateway sends them.
+    let batch = |agent: &mut TestAgent| {
+        agent.head = Head::genesis(&agent.id);
+        let mut b = vec![agent.request(5, 10)];
+        b.push(agent.response(1, 5, 7));
+        b.push(agent.request(3, 10));
+        b[0].signature = None;
+        b[1].signature = None;
+        b
+    };
+
+    // Alone, an unsigned stamp proves nothing.
+    let lone = batch(&mut agent).remove(0);
+    let results = gateway.append(&[lone]).await.unwrap().results;
+    invalid(&results, "no validly signed stamp");
+
+    // A forged signature on the last stamp takes the whole batch down with it.
+    let mut forged = batch(&mut agent);
+    forged[2] = forged[2]
+        .stamp
+        .clone()
+        .sign(&SigningKey::from_bytes(&[66; 32]));
+    let results = gateway.append(&forged).await.unwrap().results;
+    assert_eq!(results.len(), 3);
+    invalid(&results[..2], "no validly signed stamp");
+    invalid(&results[2..], "signature");
+
+    // A batch cut short of its signature.
+    let cut = batch(&mut agent)[..2].to_vec();
+    invalid(
+        &gateway.append(&cut).await.unwrap().results,
+        "no validly signed stamp",
+    );
+
+    let info = admin.agent(&agent.id).await.unwrap();
+    assert_eq!(info.seq, 0, "nothing uncovered was appended");
+    assert!(!info.locked, "refused stamps must not freeze the agent");
+
+    // The real batch goes in whole, is stored as sent, and re-verifies offline.
+    let sent = batch(&mut agent);
+    let results = gateway.append(&sent).await.unwrap().results;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r.verdict, Verdict::Ok { .. })),
+        "{results:?}"
+    );
+    let page = admin.stamps(&agent.id, 0, 10).await.unwrap();
+    let stored: Vec<_> = page.stamps.iter().map(|r| r.signed.clone()).collect();
+    assert_eq!(stored, sent);
+    let head = verify_chain(
+        &agent.id,
+        &agent.key.verifying_key(),
+        Head::genesis(&agent.id),
+        page.stamps.iter().map(|r| (&r.signed, Some(r.hash))),
+    )
+    .unwrap();
+    assert_eq!(head, agent.head);
+
+    // A retry of the same bytes is recognised, as for stamps signed one by one.
+    let again = gateway.append(&sent).await.unwrap().results;
+    assert!(again.iter().all(|r| r.duplicate), "{again:?}");
+    assert_eq!(admin.agent(&agent.id).await.unwrap().seq, 3);
+}

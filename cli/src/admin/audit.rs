@@ -290,12 +290,16 @@ impl Auditor {
                 next = Some(self.spawn_page(last));
             }
             let mut ready = Vec::new();
-            for c in self.walker.check_page(page.stamps) {
+            let end = !more && !opts.follow;
+            let mut checked = self.walker.check_page(page.stamps);
+            if end {
+                checked.extend(self.walker.finish());
+            }
+            for c in checked {
                 pairing.push(c, &mut ready);
             }
             pairing.overdue(last, &mut ready);
             after = last;
-            let end = !more && !opts.follow;
             if end {
                 pairing.drain(&mut ready);
             }

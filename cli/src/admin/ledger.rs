@@ -26,6 +26,9 @@ pub enum StampProblem {
     Link { prev: u64 },
     /// The signature does not verify against the agent's public key.
     Signature,
+    /// The stamp carries no signature, and the chain breaks (or a signature fails) before a
+    /// signed stamp vouches for it.
+    Uncovered,
     /// A structural rule is broken (version, flags, request/response fields).
     Malformed(StampError),
     /// The hash the ledger recorded is not the hash of the stamp's contents.
@@ -46,6 +49,9 @@ impl fmt::Display for StampProblem {
             }
             Self::Link { prev } => write!(f, "prev_hash does not match seq {prev}"),
             Self::Signature => f.write_str("signature does not verify"),
+            Self::Uncovered => f.write_str(
+                "it is unsigned and no valid signature covers it (none of the stamps after it in its batch verifies and links back)",
+            ),
             Self::Malformed(e) => write!(f, "malformed stamp: {e}"),
             Self::RecordedHash => {
                 f.write_str("the recorded hash does not match the stamp's contents")
@@ -92,6 +98,9 @@ impl Checked {
 pub struct ChainWalker {
     agent: AgentId,
     key: Option<VerifyingKey>,
+    /// Unsigned stamps (in order) waiting for a signed stamp that extends them; they are handed
+    /// out once it is seen, or with [`Self::finish`].
+    held: Vec<Checked>,
     /// Seq, hash of its contents and recorded hash of the last stamp seen.
     prev: (u64, Hash32, Hash32),
     /// One bit per seq: was it a request? (to check responses' `ref_seq`)
@@ -106,6 +115,7 @@ impl ChainWalker {
             agent,
             key,
             prev: (0, g, g),
+            held: Vec::new(),
             requests: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
         }
@@ -129,15 +139,26 @@ impl ChainWalker {
         self.requests.get(word).is_some_and(|w| w & (1 << bit) != 0)
     }
 
-    /// Signature and structure results, in parallel for big pages.
+    /// Signature and structure results, in parallel for big pages. An unsigned stamp's result
+    /// is its structure and hash only; whether a later signature covers it is the walk's part.
     fn signatures(&self, page: &[StampRecord]) -> Vec<Result<Hash32, StampError>> {
         let Some(key) = &self.key else {
             return page.iter().map(|_| Err(StampError::Signature)).collect();
         };
         let run = |chunk: &[StampRecord]| {
-            let items: Vec<(&SignedStamp, &VerifyingKey)> =
-                chunk.iter().map(|r| (&r.signed, key)).collect();
-            verify_many(&items)
+            let signed: Vec<(&SignedStamp, &VerifyingKey)> = chunk
+                .iter()
+                .filter(|r| r.signed.signature.is_some())
+                .map(|r| (&r.signed, key))
+                .collect();
+            let mut verified = verify_many(&signed).into_iter();
+            chunk
+                .iter()
+                .map(|r| match r.signed.signature {
+                    Some(_) => verified.next().expect("one result per signed stamp"),
+                    None => r.signed.stamp.check().map(|()| r.signed.stamp.hash()),
+                })
+                .collect::<Vec<_>>()
         };
         if self.threads < 2 || page.len() < PARALLEL_MIN {
             return run(page);
@@ -152,12 +173,16 @@ impl ChainWalker {
         })
     }
 
-    /// Checks the next page of the chain (stamps in seq order, following the last page).
+    /// Checks the next page of the chain (stamps in seq order, following the last page). The
+    /// stamps come back in order; trailing unsigned ones wait for the next page (or
+    /// [`Self::finish`]) to learn whether a signature covers them.
     pub fn check_page(&mut self, page: Vec<StampRecord>) -> Vec<Checked> {
         let sigs = self.signatures(&page);
-        let mut out = Vec::with_capacity(page.len());
+        let mut out = Vec::with_capacity(page.len() + self.held.len());
         for (record, sig) in page.into_iter().zip(sigs) {
             let s = &record.signed.stamp;
+            // A signature covers the stamps before it only through their contents' hashes.
+            let extends_held = s.seq == self.prev.0 + 1 && s.prev_hash == self.prev.1;
             let mut problems = Vec::new();
             if s.seq != self.prev.0 + 1 {
                 problems.push(StampProblem::Gap {
@@ -168,6 +193,7 @@ impl ChainWalker {
                 // stamp was altered since: the alteration is reported there, once.
                 problems.push(StampProblem::Link { prev: self.prev.0 });
             }
+            let sig_ok = sig.is_ok();
             let hash = match sig {
                 Ok(h) => h,
                 Err(e) => {
@@ -194,8 +220,35 @@ impl ChainWalker {
                 }
             }
             self.prev = (s.seq, hash, record.hash);
-            out.push(Checked { record, problems });
+            let signed = record.signed.signature.is_some();
+            let vouches = extends_held && signed && sig_ok;
+            if !self.held.is_empty() && (signed || !extends_held) {
+                self.release_held(vouches, &mut out);
+            }
+            let checked = Checked { record, problems };
+            if signed || self.key.is_none() {
+                out.push(checked);
+            } else {
+                self.held.push(checked);
+            }
         }
+        out
+    }
+
+    /// Hands out the held unsigned stamps: covered, or marked [`StampProblem::Uncovered`].
+    fn release_held(&mut self, covered: bool, out: &mut Vec<Checked>) {
+        for mut c in self.held.drain(..) {
+            if !covered {
+                c.problems.push(StampProblem::Uncovered);
+            }
+            out.push(c);
+        }
+    }
+
+    /// The end of the chain: unsigned stamps still waiting for a signature are uncovered.
+    pub fn finish(&mut self) -> Vec<Checked> {
+        let mut out = Vec::new();
+        self.release_held(false, &mut out);
         out
     }
 }
@@ -229,8 +282,8 @@ struct WireRecord<'a> {
     status: u16,
     #[serde(borrow)]
     blob_hash: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    signature: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    signature: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     hash: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -279,13 +332,19 @@ impl WireRecord<'_> {
         } else {
             self.agent_id.parse().ok()?
         };
-        let mut sig = [0u8; 64];
-        let n = base64::engine::general_purpose::STANDARD
-            .decode_slice(self.signature.as_bytes(), &mut sig)
-            .ok()?;
-        if n != 64 {
-            return None;
-        }
+        let signature = match self.signature {
+            Some(text) => {
+                let mut sig = [0u8; 64];
+                let n = base64::engine::general_purpose::STANDARD
+                    .decode_slice(text.as_bytes(), &mut sig)
+                    .ok()?;
+                if n != 64 {
+                    return None;
+                }
+                Some(lockstock::chain::Sig(sig))
+            }
+            None => None,
+        };
         Some(StampRecord {
             signed: SignedStamp {
                 stamp: lockstock::chain::Stamp {
@@ -306,7 +365,7 @@ impl WireRecord<'_> {
                         None => None,
                     },
                 },
-                signature: lockstock::chain::Sig(sig),
+                signature,
             },
             hash: hex32(&self.hash)?,
             verdict,
@@ -528,11 +587,16 @@ mod tests {
     }
 
     fn chain(n: u64, key: &SigningKey) -> Vec<StampRecord> {
+        batched(n, key, 1)
+    }
+
+    /// A chain signed as the gateway signs it: one signature per batch of `size`.
+    fn batched(n: u64, key: &SigningKey, size: usize) -> Vec<StampRecord> {
         let mut head = Head::genesis(&agent());
-        let mut out = Vec::new();
+        let mut stamps = Vec::new();
         for seq in 1..=n {
             let request = seq % 2 == 1;
-            let signed = Stamp {
+            let stamp = Stamp {
                 version: STAMP_VERSION,
                 agent_id: agent(),
                 seq,
@@ -550,14 +614,25 @@ mod tests {
                 flags: 0,
                 status: if request { 0 } else { 200 },
                 blob_hash: None,
-            }
-            .sign(key);
+            };
             head = Head {
                 seq,
-                hash: signed.stamp.hash(),
+                hash: stamp.hash(),
             };
-            out.push(StampRecord {
-                hash: head.hash,
+            stamps.push(stamp);
+        }
+        let mut signed = Vec::new();
+        while !stamps.is_empty() {
+            let rest = stamps.split_off(size.min(stamps.len()));
+            signed.extend(lockstock::chain::sign_batch(
+                std::mem::replace(&mut stamps, rest),
+                key,
+            ));
+        }
+        signed
+            .into_iter()
+            .map(|signed| StampRecord {
+                hash: signed.stamp.hash(),
                 signed,
                 verdict: Verdict::Ok {
                     grant: None,
@@ -565,9 +640,8 @@ mod tests {
                 },
                 recorded_ms: 0,
                 has_blob: false,
-            });
-        }
-        out
+            })
+            .collect()
     }
 
     fn walk(stamps: Vec<StampRecord>, key: &SigningKey) -> Vec<(u64, String)> {
@@ -575,14 +649,20 @@ mod tests {
         let mut out = Vec::new();
         // Two pages, to cross a page boundary.
         let mut stamps = stamps;
-        let second = stamps.split_off(stamps.len() / 2);
-        for page in [stamps, second] {
-            for c in w.check_page(page) {
-                if !c.ok() {
-                    out.push((c.seq(), c.describe()));
-                }
+        let total = stamps.len();
+        let second = stamps.split_off(total / 2);
+        let mut checked = w.check_page(stamps);
+        checked.extend(w.check_page(second));
+        checked.extend(w.finish());
+        let mut seqs = Vec::new();
+        for c in checked {
+            seqs.push(c.seq());
+            if !c.ok() {
+                out.push((c.seq(), c.describe()));
             }
         }
+        assert!(seqs.is_sorted(), "stamps come back in order: {seqs:?}");
+        assert_eq!(seqs.len(), total, "every stamp comes back once");
         out
     }
 
@@ -622,11 +702,48 @@ mod tests {
     }
 
     #[test]
+    fn one_signature_per_batch_covers_the_batch_across_pages() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        // Batches of 7: seqs 99..=105 are one batch, cut by the page boundary after seq 100.
+        let sound = batched(200, &key, 7);
+        assert!(sound[98].signed.signature.is_none() && sound[104].signed.signature.is_some());
+        assert!(walk(sound.clone(), &key).is_empty());
+
+        // Altered contents of an unsigned stamp: the batch's signature no longer reaches it
+        // or the stamps before it (it still covers those after it).
+        let mut altered = sound.clone();
+        altered[100].signed.stamp.tokens_out += 1;
+        let found = walk(altered, &key);
+        let seqs: Vec<u64> = found.iter().map(|f| f.0).collect();
+        assert_eq!(seqs, [99, 100, 101], "{found:?}");
+        assert!(
+            found[0].1.contains("no valid signature covers it"),
+            "{found:?}"
+        );
+        assert!(found[2].1.contains("recorded hash"), "{found:?}");
+
+        // A forged batch signature: every stamp of the batch is named.
+        let mut forged = sound.clone();
+        forged[104].signed.signature.as_mut().unwrap().0[9] ^= 1;
+        let seqs: Vec<u64> = walk(forged, &key).iter().map(|f| f.0).collect();
+        assert_eq!(seqs, [99, 100, 101, 102, 103, 104, 105]);
+
+        // A chain that ends before its last batch's signature.
+        let mut cut = batched(10, &key, 4);
+        cut.pop();
+        let found = walk(cut, &key);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, 9);
+        assert!(found[0].1.contains("no valid signature covers it"));
+    }
+
+    #[test]
     fn the_fast_page_parser_reads_what_the_api_types_write() {
         let key = SigningKey::from_bytes(&[3; 32]);
         let mut stamps = chain(6, &key);
         stamps[1].signed.stamp.blob_hash = Some(Hash32([9; 32]));
         stamps[1].has_blob = true;
+        stamps[3].signed.signature = None; // covered by a later stamp of its batch
         let verdicts = [
             Verdict::Locked { reason: None },
             Verdict::Locked {

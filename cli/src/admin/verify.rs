@@ -157,7 +157,10 @@ pub async fn verify_agent(
             next = Some(spawn(last));
         }
         after = last;
-        let checked = walker.check_page(page.stamps);
+        let mut checked = walker.check_page(page.stamps);
+        if page.next_after.is_none() {
+            checked.extend(walker.finish());
+        }
         let mut to_fetch: Vec<StampRecord> = Vec::new();
         for c in checked {
             report.stamps += 1;
