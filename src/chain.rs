@@ -324,8 +324,9 @@ impl SignedStamp {
         Ok(Hash32::of(&bytes))
     }
 
-    /// Checks structure only and returns the hash: what an unsigned stamp can show by itself.
-    fn hash_checked(&self) -> Result<Hash32, StampError> {
+    /// Checks structure only and returns the hash: what an unsigned stamp can show by itself
+    /// (a signed stamp further on must still cover it).
+    pub fn checked_hash(&self) -> Result<Hash32, StampError> {
         self.stamp.check()?;
         Ok(self.stamp.hash())
     }
@@ -468,7 +469,7 @@ pub fn verify_chain<'a>(
             signed.verify(key)
         } else {
             uncovered.get_or_insert(s.seq);
-            signed.hash_checked()
+            signed.checked_hash()
         }
         .map_err(|source| ChainError::Stamp { seq: s.seq, source })?;
         if recorded.is_some_and(|r| r != hash) {

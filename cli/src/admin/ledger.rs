@@ -156,7 +156,7 @@ impl ChainWalker {
                 .iter()
                 .map(|r| match r.signed.signature {
                     Some(_) => verified.next().expect("one result per signed stamp"),
-                    None => r.signed.stamp.check().map(|()| r.signed.stamp.hash()),
+                    None => r.signed.checked_hash(),
                 })
                 .collect::<Vec<_>>()
         };
