@@ -9,6 +9,7 @@
 //! The library never prints; the `lockstock-cloud` binary is a thin shell over it.
 
 mod admin;
+mod checkpoint;
 pub mod cli;
 mod clock;
 mod db;

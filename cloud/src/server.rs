@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::checkpoint::{Checkpointer, Thresholds};
 use crate::clock::{Clock, SystemClock};
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::read::ReadPool;
@@ -133,7 +134,7 @@ pub async fn serve(
     }
     let _dir_lock = db::lock_dir(&dir)?;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let conn = db::open_rw(&dir, false)?;
+    let mut conn = db::open_rw(&dir, false)?;
     let (account_id, hashes) =
         db::load_account(&conn)?.ok_or_else(|| Error::NoAccount(dir.clone()))?;
     let ledger_cfg = LedgerConfig {
@@ -149,6 +150,8 @@ pub async fn serve(
     let agents = state.agents.len();
     // Commits skip their own fsync; the ledger's syncer fdatasyncs the WAL before answering.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let checkpointer = Checkpointer::start(&db::db_path(&dir), Thresholds::default())?;
+    checkpointer.attach(&mut conn)?;
     let wal = dir.join(format!("{}-wal", db::DB_FILE));
     let (ledger, writer) =
         Ledger::start(conn, state, config.clock.clone(), ledger_cfg, wal).map_err(Error::Listen)?;
@@ -229,8 +232,12 @@ pub async fn serve(
     let _ = poller.await;
     drop(svc);
     // Every ledger handle is gone now: the writer finishes its queue and exits.
-    let joined =
-        tokio::task::spawn_blocking(move || verifier_thread.join().and(writer.join())).await;
+    let joined = tokio::task::spawn_blocking(move || {
+        let joined = verifier_thread.join().and(writer.join());
+        drop(checkpointer);
+        joined
+    })
+    .await;
     if !matches!(joined, Ok(Ok(()))) {
         return Err(Error::WriterStopped);
     }

@@ -1,5 +1,6 @@
-//! kill -9 the real server while eight clients append; every acknowledged stamp survives and
-//! every chain verifies end to end after a restart.
+//! kill -9 the real server while eight clients append (and its checkpoint thread copies the
+//! WAL into the database file); every acknowledged stamp survives and every chain verifies end
+//! to end after a restart.
 
 #[path = "common/binary.rs"]
 mod binary;
@@ -46,6 +47,10 @@ async fn acknowledged_stamps_survive_kill_9() {
         agents.push(agent);
     }
 
+    let db_file = dir.path().join("ledger.db");
+    let db_len = || std::fs::metadata(&db_file).unwrap().len();
+    let before = db_len();
+
     // (agent, seq) -> hash, for every stamp the server acknowledged.
     let acked: Arc<Mutex<HashMap<(AgentId, u64), Hash32>>> = Arc::default();
     let mut tasks = Vec::new();
@@ -79,9 +84,13 @@ async fn acknowledged_stamps_survive_kill_9() {
 
     // Let them run, then kill -9 in the middle of it.
     let start = Instant::now();
-    while acked.lock().unwrap().len() < 2000 && start.elapsed() < Duration::from_secs(20) {
+    while (acked.lock().unwrap().len() < 2000 || db_len() == before)
+        && start.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Only checkpoints write the database file: the kill lands while they run.
+    assert!(db_len() > before, "no checkpoint ran during the appends");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let mut heads = Vec::new();
