@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::Error;
 
@@ -106,8 +106,12 @@ impl Checkpointer {
                 shared.forced.fetch_add(1, Ordering::Relaxed);
                 // The commit has happened whatever this returns; an error here would only make
                 // the writer think it had not.
-                if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
-                    tracing::warn!(error = %e, frames, "the ledger writer's own WAL checkpoint failed");
+                // Busy: the thread is checkpointing right now, and the next commit asks again.
+                match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+                    Err(e) if e.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) => {
+                        tracing::warn!(error = %e, frames, "the ledger writer's own WAL checkpoint failed");
+                    }
+                    _ => {}
                 }
             } else if frames >= wake && !shared.requested.swap(true, Ordering::AcqRel) {
                 thread.unpark();
