@@ -14,14 +14,13 @@
 //! WAL; a checkpoint syncs the WAL before it copies and the database file after.
 
 use std::ffi::c_int;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, ErrorCode};
 
 use crate::Error;
 
@@ -61,20 +60,9 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Opens a connection of its own to `db` (in WAL mode already) and starts the thread.
-    pub fn start(db: &Path, thresholds: Thresholds) -> Result<Self, Error> {
-        let open_err = |source| Error::Open {
-            path: db.to_owned(),
-            source,
-        };
-        let conn = Connection::open_with_flags(
-            db,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        // FULL: the WAL is synced before frames are copied, the database file after.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
+    /// Starts the thread on `conn`, a connection of its own to the ledger database (see
+    /// [`crate::db::open_checkpointer`]).
+    pub fn start(conn: Connection, thresholds: Thresholds) -> Result<Self, Error> {
         let shared = Arc::new(Shared::default());
         let thread = {
             let shared = shared.clone();
@@ -104,9 +92,9 @@ impl Checkpointer {
             let frames = u32::try_from(frames).unwrap_or(0);
             if frames >= force {
                 shared.forced.fetch_add(1, Ordering::Relaxed);
-                // The commit has happened whatever this returns; an error here would only make
-                // the writer think it had not.
-                // Busy: the thread is checkpointing right now, and the next commit asks again.
+                // Errors stay here: the commit has happened whatever this returns, and an error
+                // would only make the writer think it had not. Busy means the thread is mid-pass;
+                // the next commit asks again.
                 match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
                     Err(e) if e.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) => {
                         tracing::warn!(error = %e, frames, "the ledger writer's own WAL checkpoint failed");
@@ -164,7 +152,10 @@ fn run(conn: &Connection, shared: &Shared) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::db;
 
     const PAGE: u64 = 4096;
 
@@ -183,7 +174,8 @@ mod tests {
     fn attached(wake: u32, force: u32) -> (tempfile::TempDir, Connection, Checkpointer) {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path());
-        let cp = Checkpointer::start(&dir.path().join("t.db"), Thresholds { wake, force }).unwrap();
+        let conn_cp = db::open_checkpointer(&dir.path().join("t.db")).unwrap();
+        let cp = Checkpointer::start(conn_cp, Thresholds { wake, force }).unwrap();
         cp.attach(&mut conn).unwrap();
         (dir, conn, cp)
     }

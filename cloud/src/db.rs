@@ -169,6 +169,19 @@ pub(crate) fn open_rw(dir: &Path, create: bool) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+/// The checkpoint thread's connection: it writes only the database file, from the WAL, and
+/// syncs the WAL before copying and the database file after (`synchronous=FULL`).
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err(path))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err(path))?;
+    Ok(conn)
+}
+
 /// A read-only connection (admin listings, stamp pages, blobs).
 pub(crate) fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(

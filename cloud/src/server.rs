@@ -150,7 +150,10 @@ pub async fn serve(
     let agents = state.agents.len();
     // Commits skip their own fsync; the ledger's syncer fdatasyncs the WAL before answering.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let checkpointer = Checkpointer::start(&db::db_path(&dir), Thresholds::default())?;
+    let checkpointer = Checkpointer::start(
+        db::open_checkpointer(&db::db_path(&dir))?,
+        Thresholds::default(),
+    )?;
     checkpointer.attach(&mut conn)?;
     let wal = dir.join(format!("{}-wal", db::DB_FILE));
     let (ledger, writer) =
