@@ -16,6 +16,8 @@ pub const GATEWAY_KEY_PREFIX: &str = "lsk_gateway_";
 pub const GENESIS_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Most stamps in one append call.
 pub const MAX_STAMPS_PER_APPEND: usize = 1024;
+/// Most blobs, or wrapped keys, in one upload call.
+pub const MAX_ITEMS_PER_UPLOAD: usize = 1024;
 /// Largest sealed blob the control plane keeps.
 pub const MAX_BLOB_BYTES: usize = 16 * 1024 * 1024;
 

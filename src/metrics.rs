@@ -159,7 +159,12 @@ impl Metrics {
     }
 
     /// The exposition text, with `# HELP` and `# TYPE` for every family.
-    pub fn render(&self, control_plane_up: bool, pending_stamps: usize) -> String {
+    pub fn render(
+        &self,
+        control_plane_up: bool,
+        pending_stamps: usize,
+        queued_upload_bytes: usize,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
         family(
@@ -281,6 +286,16 @@ impl Metrics {
             "Stamps made but not yet acknowledged by the control plane.",
         );
         let _ = writeln!(w, "lockstock_gateway_stamps_pending {pending_stamps}");
+        family(
+            w,
+            "lockstock_gateway_upload_queue_bytes",
+            "gauge",
+            "Bytes of sealed transcripts queued for the control plane or in flight to it.",
+        );
+        let _ = writeln!(
+            w,
+            "lockstock_gateway_upload_queue_bytes {queued_upload_bytes}"
+        );
         out
     }
 }
@@ -306,7 +321,7 @@ mod tests {
         am.tokens(10, 5);
         am.budget(Some(42));
         m.agent(None).rejected(Rejection::MissingAgent);
-        let text = m.render(true, 0);
+        let text = m.render(true, 0, 0);
         assert!(text.contains(
             "lockstock_gateway_requests_total{agent=\"agent_0000000a_a\",status=\"200\"} 2"
         ));

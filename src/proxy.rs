@@ -235,9 +235,11 @@ impl Gateway {
 
     fn metrics_response(&self) -> Response<ResBody> {
         let up = !self.stamper.chains().any(|c| c.is_down());
-        let text = self
-            .metrics
-            .render(up, self.stamper.outstanding().pending());
+        let text = self.metrics.render(
+            up,
+            self.stamper.outstanding().pending(),
+            self.uploads.as_ref().map_or(0, Uploads::queued_bytes),
+        );
         json_response(
             StatusCode::OK,
             text.into_bytes(),

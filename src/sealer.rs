@@ -5,20 +5,28 @@
 //! shipped when it returns, so a transcript is not lost to an outage or a restart. The task
 //! waits a moment after the first item so uploads go in batches (they are off the request
 //! path); at shutdown the gateway waits for everything queued to be delivered or spooled.
+//!
+//! The queue is bounded by bytes. When the control plane stores transcripts more slowly than
+//! agents produce them, queuing waits for room, which holds back the agents' next verdicts:
+//! traffic slows to what can be recorded instead of the backlog growing until the gateway
+//! runs out of memory, and no transcript is dropped.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::api::{BlobUpload, WrappedKey};
+use crate::api::{BlobUpload, MAX_ITEMS_PER_UPLOAD, WrappedKey};
 use crate::client::{ClientError, ControlPlane};
 use crate::stamper::Outstanding;
 
 /// Most bytes of base64 sent in one blob upload call.
 const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
 const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// Most bytes of sealed blobs (base64) queued or in flight at once.
+const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// How long the first queued item waits for others, so each call and each ledger commit
 /// carries many (a blob is not on the request path; nobody waits for it).
 const GATHER: Duration = Duration::from_millis(10);
@@ -33,6 +41,9 @@ enum Item {
 pub struct Uploads {
     tx: mpsc::UnboundedSender<Item>,
     outstanding: Arc<Outstanding>,
+    /// Free bytes of the queue: a blob takes its size when queued, the worker gives it back
+    /// once the blob is delivered, refused or spooled.
+    room: Arc<Semaphore>,
 }
 
 impl Uploads {
@@ -41,29 +52,49 @@ impl Uploads {
     pub fn start(cp: ControlPlane, spool: Option<PathBuf>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let outstanding = Arc::new(Outstanding::default());
+        let room = Arc::new(Semaphore::new(MAX_QUEUED_BYTES));
         let worker = Worker {
             cp,
             spool,
             spooled: false,
             outstanding: outstanding.clone(),
+            room: room.clone(),
         };
         tokio::spawn(worker.run(rx));
-        Self { tx, outstanding }
+        Self {
+            tx,
+            outstanding,
+            room,
+        }
     }
 
-    pub fn blob(&self, blob: BlobUpload) {
-        self.queue(Item::Blob(blob));
+    /// Queues a sealed blob, once the queue has room for it.
+    pub async fn blob(&self, blob: BlobUpload) {
+        let size = blob_size(&blob);
+        if let Ok(taken) = self.room.acquire_many(size).await {
+            taken.forget();
+        }
+        if !self.queue(Item::Blob(blob)) {
+            self.room.add_permits(size as usize);
+        }
     }
 
     pub fn key(&self, key: WrappedKey) {
         self.queue(Item::Key(key));
     }
 
-    fn queue(&self, item: Item) {
+    /// Bytes of the queue in use (queued or in flight).
+    pub fn queued_bytes(&self) -> usize {
+        MAX_QUEUED_BYTES - self.room.available_permits()
+    }
+
+    fn queue(&self, item: Item) -> bool {
         self.outstanding.add(1);
-        if self.tx.send(item).is_err() {
+        let queued = self.tx.send(item).is_ok();
+        if !queued {
             self.outstanding.done(1);
         }
+        queued
     }
 
     /// Uploads neither delivered nor spooled to disk yet.
@@ -80,6 +111,23 @@ struct Worker {
     /// calls on a runtime worker, about a hundred times a second under load).
     spooled: bool,
     outstanding: Arc<Outstanding>,
+    room: Arc<Semaphore>,
+}
+
+/// The room a blob takes in the queue (a blob bigger than the queue takes all of it).
+fn blob_size(blob: &BlobUpload) -> u32 {
+    blob.data.len().clamp(1, MAX_QUEUED_BYTES) as u32
+}
+
+/// The room queued items take.
+fn room_taken(items: &[Item]) -> usize {
+    items
+        .iter()
+        .map(|i| match i {
+            Item::Blob(b) => blob_size(b) as usize,
+            Item::Key(_) => 0,
+        })
+        .sum()
 }
 
 impl Worker {
@@ -111,13 +159,15 @@ impl Worker {
             while let Ok(i) = rx.try_recv() {
                 held.push(i);
             }
-            let before = held.len();
+            let (before, taken) = (held.len(), room_taken(&held));
             held = self.ship(held).await;
             if !held.is_empty() {
                 held = self.spool_out(held);
             }
-            // Delivered, refused for good, or on disk: nothing more to wait for at shutdown.
+            // Delivered, refused for good, or on disk: nothing more to wait for at shutdown,
+            // and no memory held.
             self.outstanding.done(before - held.len());
+            self.room.add_permits(taken - room_taken(&held));
             if held.is_empty() && self.spooled {
                 self.spooled = !self.ship_spool().await;
             }
@@ -135,32 +185,24 @@ impl Worker {
             }
         }
         let mut failed = Vec::new();
-        if !keys.is_empty()
-            && let Err(e) = self.cp.put_keys(keys.clone()).await
-        {
-            log_failure("wrapped keys", &e);
-            if e.is_unreachable() || is_server_error(&e) {
-                failed.extend(keys.into_iter().map(Item::Key));
-                failed.extend(blobs.into_iter().map(Item::Blob));
-                return failed;
+        for (i, chunk) in keys.chunks(MAX_ITEMS_PER_UPLOAD).enumerate() {
+            if let Err(e) = self.cp.put_keys(chunk.to_vec()).await {
+                log_failure("wrapped keys", &e);
+                if e.is_unreachable() || is_server_error(&e) {
+                    let undelivered = keys.drain(i * MAX_ITEMS_PER_UPLOAD..);
+                    failed.extend(undelivered.map(Item::Key));
+                    failed.extend(blobs.into_iter().map(Item::Blob));
+                    return failed;
+                }
             }
         }
-        let mut start = 0;
-        while start < blobs.len() {
-            let mut end = start;
-            let mut size = 0;
-            while end < blobs.len()
-                && (end == start || size + blobs[end].data.len() <= MAX_UPLOAD_BYTES)
-            {
-                size += blobs[end].data.len();
-                end += 1;
-            }
-            let chunk = &blobs[start..end];
+        for batch in upload_batches(&blobs) {
+            let chunk = &blobs[batch.clone()];
             match self.cp.upload_blobs(chunk).await {
                 Ok(_) => {}
                 Err(e) if e.is_unreachable() || is_server_error(&e) => {
                     log_failure("blobs", &e);
-                    failed.extend(blobs.drain(start..).map(Item::Blob));
+                    failed.extend(blobs.drain(batch.start..).map(Item::Blob));
                     return failed;
                 }
                 Err(e) => {
@@ -173,7 +215,6 @@ impl Worker {
                     }
                 }
             }
-            start = end;
         }
         failed
     }
@@ -258,6 +299,27 @@ impl Worker {
     }
 }
 
+/// Splits blobs into calls the control plane accepts: at most [`MAX_ITEMS_PER_UPLOAD`] blobs
+/// and [`MAX_UPLOAD_BYTES`] of base64 each (a bigger blob goes on its own).
+fn upload_batches(blobs: &[BlobUpload]) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < blobs.len() {
+        let mut end = start;
+        let mut size = 0;
+        while end < blobs.len()
+            && end - start < MAX_ITEMS_PER_UPLOAD
+            && (end == start || size + blobs[end].data.len() <= MAX_UPLOAD_BYTES)
+        {
+            size += blobs[end].data.len();
+            end += 1;
+        }
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
 fn is_server_error(e: &ClientError) -> bool {
     e.status()
         .is_some_and(|s| s.is_server_error() || s.as_u16() == 401 || s.as_u16() == 403)
@@ -288,4 +350,55 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::StampKind;
+
+    fn blob(seq: u64, bytes: usize) -> BlobUpload {
+        BlobUpload {
+            agent_id: crate::AgentId::generate("test").unwrap(),
+            seq,
+            kind: StampKind::Request,
+            data: "A".repeat(bytes),
+        }
+    }
+
+    fn covered_in_order(batches: &[Range<usize>], n: usize) -> bool {
+        batches.first().is_none_or(|b| b.start == 0)
+            && batches.windows(2).all(|w| w[0].end == w[1].start)
+            && batches.last().map_or(0, |b| b.end) == n
+            && batches.iter().all(|b| !b.is_empty())
+    }
+
+    #[test]
+    fn many_small_blobs_go_in_calls_of_at_most_the_item_limit() {
+        let blobs: Vec<_> = (0..3000).map(|i| blob(i, 1500)).collect();
+        let batches = upload_batches(&blobs);
+        assert!(covered_in_order(&batches, blobs.len()));
+        assert_eq!(batches.len(), 3);
+        assert!(batches.iter().all(|b| b.len() <= MAX_ITEMS_PER_UPLOAD));
+    }
+
+    #[test]
+    fn large_blobs_go_in_calls_of_at_most_the_byte_limit_and_a_huge_one_alone() {
+        let mut blobs: Vec<_> = (0..5).map(|i| blob(i, 3 * 1024 * 1024)).collect();
+        blobs.insert(2, blob(99, MAX_UPLOAD_BYTES + 1));
+        let batches = upload_batches(&blobs);
+        assert!(covered_in_order(&batches, blobs.len()));
+        for b in &batches {
+            let bytes: usize = blobs[b.clone()].iter().map(|x| x.data.len()).sum();
+            assert!(
+                b.len() == 1 || bytes <= MAX_UPLOAD_BYTES,
+                "{b:?}: {bytes} bytes"
+            );
+        }
+        assert!(
+            batches.contains(&(2..3)),
+            "the huge blob goes alone: {batches:?}"
+        );
+        assert!(upload_batches(&[]).is_empty());
+    }
 }

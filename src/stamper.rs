@@ -469,13 +469,14 @@ impl Sender {
         };
         self.up();
         let mut rejected = false;
+        let mut blobs = Vec::new();
         for (b, result) in built.into_iter().zip(&resp.results) {
             let appended = result.verdict.appended();
             rejected |= !appended;
             if appended {
-                if let (Some(blob), Some(uploads)) = (b.blob, &self.uploads) {
+                if let Some(blob) = b.blob {
                     use base64::Engine;
-                    uploads.blob(BlobUpload {
+                    blobs.push(BlobUpload {
                         agent_id: self.chain.agent.clone(),
                         seq: b.signed.stamp.seq,
                         kind: b.signed.stamp.kind,
@@ -500,6 +501,15 @@ impl Sender {
         if rejected {
             // The chain continues from what the ledger holds, not from what it refused.
             self.head = resp.results.last().map(|r| r.head);
+        }
+        // Verdicts first, so no request waits for this. The next batch does wait while the
+        // upload queue is full: that is how a ledger that cannot keep up slows traffic down.
+        // The stamps count as delivered only once their blobs are queued, so shutdown waits
+        // for both.
+        if let Some(uploads) = &self.uploads {
+            for blob in blobs {
+                uploads.blob(blob).await;
+            }
         }
         self.chain.outstanding.done(resp.results.len());
     }

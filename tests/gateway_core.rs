@@ -735,7 +735,7 @@ async fn an_unreachable_provider_is_502_and_the_reservation_is_released() {
 async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
     use base64::Engine;
     use lockstock::api::BlobUpload;
-    use lockstock::chain::{Hash32, Head, STAMP_VERSION, Stamp};
+    use lockstock::chain::{Hash32, Head, Stamp};
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = Cloud::start(dir.path()).await;
     let seed = seed();
@@ -745,21 +745,7 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
     let blob = dek
         .seal(&agent, 1, StampKind::Request, b"{\"prompt\":\"kept safe\"}")
         .unwrap();
-    let first = Stamp {
-        version: STAMP_VERSION,
-        agent_id: agent.clone(),
-        seq: 1,
-        prev_hash: Head::genesis(&agent).hash,
-        kind: StampKind::Request,
-        time_ms: 1,
-        model: "m".into(),
-        tokens_in: 1,
-        tokens_out: 1,
-        ref_seq: 0,
-        flags: 0,
-        status: 0,
-        blob_hash: Some(Hash32::of(&blob)),
-    };
+    let first = sealed_request_stamp(&agent, 1, Head::genesis(&agent).hash, &blob);
     // A second exchange, whose blob is spooled by an uploader that is already running.
     let blob2 = dek
         .seal(
@@ -792,7 +778,7 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
         let away =
             lockstock::client::ControlPlane::new("http://127.0.0.1:9", &cloud.gateway_key).unwrap();
         let uploads = lockstock::sealer::Uploads::start(away, Some(spool.clone()));
-        uploads.blob(upload);
+        uploads.blob(upload).await;
         eventually(10, "the blob to be spooled", || async {
             std::fs::read_dir(&spool)
                 .map(|d| d.count() == 1)
@@ -835,12 +821,14 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
     // The same uploader, through an outage: spooled, then shipped once the control plane is back.
     let addr = cloud.addr();
     cloud.stop().await;
-    uploads.blob(BlobUpload {
-        agent_id: agent.clone(),
-        seq: 2,
-        kind: StampKind::Request,
-        data: base64::engine::general_purpose::STANDARD.encode(&blob2),
-    });
+    uploads
+        .blob(BlobUpload {
+            agent_id: agent.clone(),
+            seq: 2,
+            kind: StampKind::Request,
+            data: base64::engine::general_purpose::STANDARD.encode(&blob2),
+        })
+        .await;
     eventually(10, "the second blob to be spooled", || async {
         std::fs::read_dir(&spool).unwrap().count() == 1
     })
@@ -854,4 +842,155 @@ async fn sealed_blobs_wait_on_disk_while_the_control_plane_is_away() {
         std::fs::read_dir(&spool).unwrap().count() == 0
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_backlog_of_thousands_of_blobs_ships_in_calls_the_control_plane_accepts() {
+    use base64::Engine;
+    use lockstock::api::{BlobUpload, MAX_ITEMS_PER_UPLOAD, MAX_STAMPS_PER_APPEND};
+    use lockstock::chain::{Head, sign_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "backlog").await;
+    let key = lockstock::agent::signing_key(&seed, &agent);
+    let dek = lockstock::seal::Dek::generate(1);
+
+    // More blobs than one call may carry, as a busy gateway queues them when the control
+    // plane falls behind.
+    let n = MAX_ITEMS_PER_UPLOAD * 3 + 7;
+    let mut head = Head::genesis(&agent);
+    let mut stamps = Vec::with_capacity(n);
+    let mut blobs = Vec::with_capacity(n);
+    for seq in 1..=n as u64 {
+        let blob = dek
+            .seal(
+                &agent,
+                seq,
+                StampKind::Request,
+                format!("prompt {seq}").as_bytes(),
+            )
+            .unwrap();
+        let stamp = sealed_request_stamp(&agent, seq, head.hash, &blob);
+        head = Head {
+            seq,
+            hash: stamp.hash(),
+        };
+        stamps.push(stamp);
+        blobs.push(BlobUpload {
+            agent_id: agent.clone(),
+            seq,
+            kind: StampKind::Request,
+            data: base64::engine::general_purpose::STANDARD.encode(&blob),
+        });
+    }
+    let gateway = cloud.gateway();
+    for batch in stamps.chunks(MAX_STAMPS_PER_APPEND) {
+        let signed = sign_batch(batch.to_vec(), &key);
+        let resp = gateway.append(&signed).await.unwrap();
+        assert!(resp.results.iter().all(|r| r.verdict.appended()));
+    }
+
+    let (via, calls) = counting_proxy(cloud.addr(), b"POST /v1/blobs ").await;
+    let cp = lockstock::client::ControlPlane::new(&via, &cloud.gateway_key).unwrap();
+    let uploads = lockstock::sealer::Uploads::start(cp, None);
+    for blob in blobs {
+        uploads.blob(blob).await;
+    }
+    assert!(
+        uploads.outstanding().drained(Duration::from_secs(30)).await,
+        "{} of {n} blobs still undelivered after 30 s",
+        uploads.outstanding().pending()
+    );
+    assert_eq!(
+        uploads.queued_bytes(),
+        0,
+        "delivered blobs give their room back"
+    );
+    // A few calls of at most MAX_ITEMS_PER_UPLOAD each: a call the control plane refused for
+    // carrying too many would have fallen back to one call per blob, thousands of them.
+    let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let fewest = n.div_ceil(MAX_ITEMS_PER_UPLOAD);
+    assert!(
+        (fewest..=2 * fewest).contains(&calls),
+        "{n} blobs took {calls} upload calls"
+    );
+    let admin = cloud.admin();
+    let mut stored = 0;
+    let mut from = 0;
+    loop {
+        let page = admin.stamps(&agent, from, 1000).await.unwrap();
+        let Some(last) = page.stamps.last() else {
+            break;
+        };
+        from = last.signed.stamp.seq;
+        stored += page.stamps.iter().filter(|s| s.has_blob).count();
+    }
+    assert_eq!(stored, n, "every blob stored");
+}
+
+/// A TCP relay to `target` that counts how often `needle` (a request line) passes from the
+/// client to the server.
+async fn counting_proxy(
+    target: std::net::SocketAddr,
+    needle: &'static [u8],
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // The last bytes of the previous read, so a needle split across reads counts.
+                let mut seen: Vec<u8> = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = client_rx.read(&mut buf).await {
+                    if n == 0 || server_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let keep = seen.len().min(needle.len() - 1);
+                    seen.drain(..seen.len() - keep);
+                    seen.extend_from_slice(&buf[..n]);
+                    let found = seen.windows(needle.len()).filter(|w| *w == needle).count();
+                    counter.fetch_add(found, Ordering::SeqCst);
+                }
+                let _ = server_tx.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+/// A request stamp at `seq` that commits to `blob`.
+fn sealed_request_stamp(
+    agent: &lockstock::AgentId,
+    seq: u64,
+    prev_hash: lockstock::chain::Hash32,
+    blob: &[u8],
+) -> lockstock::chain::Stamp {
+    lockstock::chain::Stamp {
+        version: lockstock::chain::STAMP_VERSION,
+        agent_id: agent.clone(),
+        seq,
+        prev_hash,
+        kind: StampKind::Request,
+        time_ms: seq,
+        model: "m".into(),
+        tokens_in: 1,
+        tokens_out: 1,
+        ref_seq: 0,
+        flags: 0,
+        status: 0,
+        blob_hash: Some(lockstock::chain::Hash32::of(blob)),
+    }
 }

@@ -31,7 +31,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use keys::GENESIS_TOKEN_PREFIX;
 pub use read::MAX_PAGE;
-pub use routes::{BLOBS_LIMIT, JSON_LIMIT, MAX_ITEMS};
+pub use routes::{BLOBS_LIMIT, JSON_LIMIT};
 pub use server::{ServerConfig, TlsFiles, serve};
 
 /// Where the control plane listens unless told otherwise.

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use lockstock::AgentId;
 use lockstock::api::{
     AccountKeyRequest, ActivateRequest, AppendRequest, BudgetRequest, Health, LockRequest,
-    MAX_BLOB_BYTES, MAX_STAMPS_PER_APPEND, ProvisionRequest, PutKeysRequest,
+    MAX_BLOB_BYTES, MAX_ITEMS_PER_UPLOAD, MAX_STAMPS_PER_APPEND, ProvisionRequest, PutKeysRequest,
     RotateGatewayKeyResponse, SentinelUpdate, UploadBlobsRequest, UploadBlobsResponse,
 };
 use lockstock::chain::Hash32;
@@ -40,8 +40,6 @@ use crate::verify::Verifier;
 pub const JSON_LIMIT: usize = 4 * 1024 * 1024;
 /// Body limit of `POST /v1/blobs`: one largest blob in base64, with room to spare.
 pub const BLOBS_LIMIT: usize = MAX_BLOB_BYTES / 3 * 4 + 8 * 1024 * 1024;
-/// Most blobs or wrapped keys in one call.
-pub const MAX_ITEMS: usize = 1024;
 
 pub(crate) struct Inner {
     pub ledger: Ledger,
@@ -409,9 +407,9 @@ async fn upload_blobs(
             "blobs is empty; send at least one blob",
         ));
     }
-    if req.blobs.len() > MAX_ITEMS {
+    if req.blobs.len() > MAX_ITEMS_PER_UPLOAD {
         return Err(ApiError::bad_request(format!(
-            "at most {MAX_ITEMS} blobs per call"
+            "at most {MAX_ITEMS_PER_UPLOAD} blobs per call"
         )));
     }
     let total: usize = req.blobs.iter().map(|b| b.data.len()).sum();
@@ -439,9 +437,9 @@ async fn put_keys(
             "keys is empty; send at least one wrapped key",
         ));
     }
-    if req.keys.len() > MAX_ITEMS {
+    if req.keys.len() > MAX_ITEMS_PER_UPLOAD {
         return Err(ApiError::bad_request(format!(
-            "at most {MAX_ITEMS} wrapped keys per call"
+            "at most {MAX_ITEMS_PER_UPLOAD} wrapped keys per call"
         )));
     }
     let keys = req
