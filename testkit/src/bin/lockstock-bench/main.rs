@@ -693,8 +693,37 @@ async fn measure(w: &World, t: Target, mode: Mode, load: &Load<'_>) -> Result<Ca
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let undelivered = match w.gateway(t) {
+        Some(g) => transcripts_delivered(&w.http, &g.url).await?,
+        None => 0,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(report::case_from(t, mode, load, v, sent, forwarded, stamps))
+    let mut case = report::case_from(t, mode, load, v, sent, forwarded, stamps);
+    if undelivered > 0 {
+        // Throughput bought by letting transcripts pile up in memory is not throughput.
+        case.lost += 1;
+        case.errors.push(format!(
+            "{undelivered} bytes of sealed transcripts still queued in the gateway 30 s after the load"
+        ));
+    }
+    Ok(case)
+}
+
+/// Waits (up to 30 s) until the gateway's upload queue is empty; returns the bytes left.
+async fn transcripts_delivered(http: &procs::Http, gateway: &str) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = procs::get(http, &format!("{gateway}/metrics"), &[]).await?;
+        let queued = String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("lockstock_gateway_upload_queue_bytes "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("the gateway's /metrics has no lockstock_gateway_upload_queue_bytes")?;
+        if queued == 0 || tokio::time::Instant::now() > deadline {
+            return Ok(queued);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn print_case(c: &Case) {
