@@ -150,6 +150,7 @@ impl Drop for MeteredBody {
         self.end(how);
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
