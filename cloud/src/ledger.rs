@@ -215,6 +215,13 @@ fn writer(
     };
     loop {
         gather.on_sync_done(sync, pending.len());
+        if !closed && in_txn && gather.syncing && !gather.ready(in_txn, pending.len()) {
+            // A committed group waits on the syncer: ask it to wake us when it is free (it
+            // does not otherwise, so an idle writer is not woken for nothing after every
+            // sync), then look again in case it became free meanwhile.
+            sync.writer_waits.store(true, Ordering::SeqCst);
+            gather.on_sync_done(sync, pending.len());
+        }
         if !closed && !gather.ready(in_txn, pending.len()) {
             let next = match gather.deadline.filter(|_| in_txn && !gather.syncing) {
                 Some(deadline) => rt
@@ -222,6 +229,9 @@ fn writer(
                     .unwrap_or(Some(Msg::Wake)),
                 None => rt.block_on(rx.recv()),
             };
+            // Before the new job joins the group: if a sync finished while this thread slept,
+            // the jobs it answered are what is coming back, the new one among them.
+            gather.on_sync_done(sync, pending.len());
             match next {
                 Some(Msg::Job(job)) => jobs.push(job),
                 Some(Msg::Wake) => {}
@@ -323,6 +333,8 @@ fn writer(
 struct SyncState {
     /// No group is being synced.
     idle: AtomicBool,
+    /// The writer holds a committed group back until the syncer is free, and waits to hear.
+    writer_waits: AtomicBool,
     /// Requests answered by the last sync.
     answered: AtomicUsize,
     /// How long the last sync took.
@@ -353,7 +365,7 @@ impl Gather {
 
     /// Starts gathering once the syncer has finished the group handed to it.
     fn on_sync_done(&mut self, sync: &SyncState, queued: usize) {
-        if self.syncing && sync.idle.load(Ordering::Acquire) {
+        if self.syncing && sync.idle.load(Ordering::SeqCst) {
             self.syncing = false;
             self.target = queued + sync.answered.swap(0, Ordering::AcqRel);
             let wait = (sync.last_sync_us.load(Ordering::Relaxed) / 2).clamp(100, 1000);
@@ -401,8 +413,10 @@ fn syncer(
         sync.answered.store(answered, Ordering::Release);
         sync.last_sync_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
-        sync.idle.store(true, Ordering::Release);
-        if let Some(tx) = wake.upgrade() {
+        sync.idle.store(true, Ordering::SeqCst);
+        if sync.writer_waits.swap(false, Ordering::SeqCst)
+            && let Some(tx) = wake.upgrade()
+        {
             let _ = tx.try_send(Msg::Wake);
         }
         for done in groups.into_iter().flatten() {

@@ -6,7 +6,13 @@
 //! times cheaper per signature than one by one once a few dozen are queued; a batch with a bad
 //! signature falls back to one by one so each stamp gets its own answer), and passes each
 //! request on to the ledger writer in arrival order. The writer never does cryptography.
+//!
+//! A call with few signatures that arrives while no other call is being checked is checked by
+//! its handler instead: a batch needs company, and handing a lone call to another thread costs
+//! more (a cross-CPU wake-up) than its one signature check.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use ed25519_dalek::VerifyingKey;
@@ -20,6 +26,8 @@ use crate::ledger::{self, Checked, Ledger, shutting_down};
 /// Most signatures checked in one batch.
 const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 4096;
+/// Most signatures a handler checks itself rather than queue for a batch.
+const INLINE_SIGNATURES: usize = 2;
 
 type Reply = oneshot::Sender<Result<Vec<StampResult>, ApiError>>;
 
@@ -34,6 +42,9 @@ struct Request {
 #[derive(Clone)]
 pub(crate) struct Verifier {
     tx: mpsc::Sender<Request>,
+    /// Calls being checked, by their handlers or on the thread.
+    checking: Arc<AtomicUsize>,
+    ledger: Ledger,
 }
 
 impl Verifier {
@@ -41,10 +52,21 @@ impl Verifier {
     /// handle, so the writer can stop too).
     pub fn start(ledger: Ledger) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = std::thread::Builder::new()
-            .name("stamp-verifier".into())
-            .spawn(move || run(rx, ledger))?;
-        Ok((Self { tx }, handle))
+        let checking = Arc::new(AtomicUsize::new(0));
+        let handle = {
+            let (checking, ledger) = (checking.clone(), ledger.clone());
+            std::thread::Builder::new()
+                .name("stamp-verifier".into())
+                .spawn(move || run(rx, &ledger, &checking))?
+        };
+        Ok((
+            Self {
+                tx,
+                checking,
+                ledger,
+            },
+            handle,
+        ))
     }
 
     /// Verifies `stamps` and appends them; one answer per stamp, once durable.
@@ -53,20 +75,35 @@ impl Verifier {
         stamps: Vec<SignedStamp>,
         keys: Vec<Option<VerifyingKey>>,
     ) -> Result<Vec<StampResult>, ApiError> {
+        let signatures = stamps.iter().filter(|s| s.signature.is_some()).count();
+        let alone = self.checking.fetch_add(1, Ordering::SeqCst) == 0;
+        if alone && signatures <= INLINE_SIGNATURES {
+            let checks = check_all(&[(&stamps, &keys)]);
+            self.checking.fetch_sub(1, Ordering::SeqCst);
+            let checked = pair(stamps, &mut checks.into_iter());
+            return self
+                .ledger
+                .run(move |ctx| ledger::append(ctx, checked))
+                .await;
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx
+        let sent = self
+            .tx
             .send(Request {
                 stamps,
                 keys,
                 reply,
             })
-            .await
-            .map_err(|_| shutting_down())?;
+            .await;
+        if sent.is_err() {
+            self.checking.fetch_sub(1, Ordering::SeqCst);
+            return Err(shutting_down());
+        }
         rx.await.map_err(|_| shutting_down())?
     }
 }
 
-fn run(mut rx: mpsc::Receiver<Request>, ledger: Ledger) {
+fn run(mut rx: mpsc::Receiver<Request>, ledger: &Ledger, checking: &AtomicUsize) {
     let mut requests = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut count = first.stamps.len();
@@ -80,37 +117,48 @@ fn run(mut rx: mpsc::Receiver<Request>, ledger: Ledger) {
                 Err(_) => break,
             }
         }
-        let checks = check_all(&requests);
-        let mut checks = checks.into_iter();
+        let calls: Vec<_> = requests
+            .iter()
+            .map(|r| (r.stamps.as_slice(), r.keys.as_slice()))
+            .collect();
+        let mut checks = check_all(&calls).into_iter();
         for r in requests.drain(..) {
-            let checked: Vec<Checked> = r
-                .stamps
-                .into_iter()
-                .zip(checks.by_ref())
-                .map(|(signed, check)| Checked { signed, check })
-                .collect();
+            let checked = pair(r.stamps, &mut checks);
             ledger.submit_blocking(move |ctx| ledger::append(ctx, checked), r.reply);
+            checking.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-/// One result per stamp of every request, in order.
-fn check_all(requests: &[Request]) -> Vec<Result<Hash32, String>> {
+/// Each stamp with its check, taken in order from `checks`.
+fn pair(
+    stamps: Vec<SignedStamp>,
+    checks: &mut impl Iterator<Item = Result<Hash32, String>>,
+) -> Vec<Checked> {
+    stamps
+        .into_iter()
+        .zip(checks)
+        .map(|(signed, check)| Checked { signed, check })
+        .collect()
+}
+
+/// One result per stamp of every call (its stamps, and each one's agent's bound key), in order.
+fn check_all(calls: &[(&[SignedStamp], &[Option<VerifyingKey>])]) -> Vec<Result<Hash32, String>> {
     let mut items: Vec<(&SignedStamp, &VerifyingKey)> = Vec::new();
-    let mut starts = Vec::with_capacity(requests.len());
-    for r in requests {
+    let mut starts = Vec::with_capacity(calls.len());
+    for (stamps, keys) in calls {
         starts.push(items.len());
         items.extend(
-            r.stamps
+            stamps
                 .iter()
-                .zip(&r.keys)
+                .zip(*keys)
                 .filter_map(|(s, k)| k.as_ref().map(|k| (s, k))),
         );
     }
     let mut verified = verify_calls(&items, &starts).into_iter();
-    requests
+    calls
         .iter()
-        .flat_map(|r| r.stamps.iter().zip(&r.keys))
+        .flat_map(|(stamps, keys)| stamps.iter().zip(*keys))
         .map(|(s, key)| match key {
             None => Err(format!(
                 "agent {} is not activated; activate it with its genesis token first",

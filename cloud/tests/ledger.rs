@@ -727,3 +727,69 @@ async fn one_signature_covers_its_batch_and_no_stamp_goes_in_uncovered() {
     assert!(again.iter().all(|r| r.duplicate), "{again:?}");
     assert_eq!(admin.agent(&agent.id).await.unwrap().seq, 3);
 }
+
+/// A call signed once is checked by its handler when it arrives alone and batched with others
+/// on the verifier thread when calls arrive together; either way each call gets the verdict of
+/// its own signature, and a forged one takes down nothing but itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_each_get_the_verdict_of_their_own_signature() {
+    const AGENTS: usize = 24;
+    const ROUNDS: usize = 6;
+    let server = Server::start().await;
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        agents.push(server.agent(&format!("crowd-{i}")).await);
+    }
+    let forged_key = SigningKey::from_bytes(&[66; 32]);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(AGENTS));
+    let tasks: Vec<_> = agents
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut agent)| {
+            let (gateway, start, forged_key) =
+                (server.gateway(), start.clone(), forged_key.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut appended = 0;
+                for round in 0..ROUNDS {
+                    let forge = (i + round) % 3 == 0;
+                    let before = agent.head;
+                    // request and response, signed once on the last as a gateway sends them
+                    let mut call = vec![agent.request(2, 10)];
+                    call.push(agent.response(call[0].stamp.seq, 2, 5));
+                    call[0].signature = None;
+                    if forge {
+                        call[1] = call[1].stamp.clone().sign(&forged_key);
+                    }
+                    let results = gateway.append(&call).await.unwrap().results;
+                    assert_eq!(results.len(), 2);
+                    if forge {
+                        agent.head = before;
+                        for r in &results {
+                            assert!(
+                                matches!(&r.verdict, Verdict::Invalid { .. }),
+                                "agent {i} round {round}: a forged call was accepted: {r:?}"
+                            );
+                        }
+                    } else {
+                        for r in &results {
+                            assert!(
+                                matches!(r.verdict, Verdict::Ok { .. }),
+                                "agent {i} round {round}: an honest call was refused: {r:?}"
+                            );
+                        }
+                        appended += 2;
+                    }
+                }
+                (agent, appended)
+            })
+        })
+        .collect();
+    let admin = server.admin();
+    for task in tasks {
+        let (agent, appended) = task.await.unwrap();
+        let info = admin.agent(&agent.id).await.unwrap();
+        assert_eq!(info.seq, appended, "{}", agent.id);
+        assert!(!info.locked, "a forged call must not freeze {}", agent.id);
+    }
+}
