@@ -1,16 +1,19 @@
-//! The ledger writer: one thread owns the SQLite write connection and the in-memory state.
+//! The ledger: the SQLite write connection and the in-memory state, and the threads that
+//! group-commit into them.
 //!
-//! Handlers send it jobs (closures) over a channel. The writer runs each job in order inside
-//! an open transaction and commits it (writing the agents the jobs changed) as soon as the
-//! syncer thread is free; the syncer then fdatasyncs the WAL once for the whole group and only
-//! then answers every waiter. While one group is being synced the next one gathers, so
-//! concurrent appends share one fsync and the writer never waits on the disk.
+//! Handlers send the writer thread jobs (closures) over a channel. The writer runs each job in
+//! order inside an open transaction and commits it (writing the agents the jobs changed) as
+//! soon as the syncer thread is free; the syncer then fdatasyncs the WAL once for the whole
+//! group and only then answers every waiter. While one group is being synced the next one
+//! gathers, so concurrent appends share one fsync and the writer never waits on the disk.
+//! A call made while no other is in flight skips both threads: it commits and syncs its own
+//! transaction where it is made (see [`Ledger::run`]).
 //! If a group fails to commit or to sync, every job in it gets an error (and the in-memory
 //! state is reloaded from the database), so no answer ever runs ahead of the disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use lockstock::AgentId;
@@ -72,17 +75,119 @@ enum Msg {
     Wake,
 }
 
+/// The write connection and the state it mirrors. The writer thread holds it while it runs
+/// jobs or commits; between groups a handler may take it to run a lone job itself.
+struct Core {
+    conn: Connection,
+    state: State,
+    /// The state may disagree with the database (a transaction failed): reload before use.
+    stale: bool,
+}
+
+impl Core {
+    /// Writes the agents the group changed and commits. On failure the transaction is rolled
+    /// back and the state marked stale.
+    fn commit(&mut self) -> bool {
+        let ok = match self.state.flush(&self.conn) {
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write agent state");
+                false
+            }
+            Ok(()) => match self.conn.execute_batch("COMMIT") {
+                Err(e) => {
+                    tracing::error!(error = %e, "ledger commit failed");
+                    false
+                }
+                Ok(()) => true,
+            },
+        };
+        if !ok {
+            self.roll_back();
+        }
+        ok
+    }
+
+    fn roll_back(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.stale = true;
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    match core.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            // A job panicked: its transaction may be open and the state half-changed.
+            let mut guard = poisoned.into_inner();
+            guard.roll_back();
+            core.clear_poison();
+            guard
+        }
+    }
+}
+
+/// The WAL file and a cached handle to it, for fdatasync.
+struct Wal {
+    path: PathBuf,
+    file: Option<(std::fs::File, u64)>,
+}
+
+impl Wal {
+    fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
+    /// fdatasync, through a handle that is reopened if the file was replaced.
+    fn sync(&mut self) -> bool {
+        match sync_file(&self.path, &mut self.file) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "fsync of the ledger WAL failed");
+                self.file = None;
+                false
+            }
+        }
+    }
+}
+
+/// Counts calls between entering [`Ledger::run`] and getting their answer.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    /// Enters a call; true when no other call was in flight.
+    fn enter(calls: &'a AtomicUsize) -> (Self, bool) {
+        let alone = calls.fetch_add(1, Ordering::SeqCst) == 0;
+        (Self(calls), alone)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A handle to the writer thread; clones share it.
 #[derive(Clone)]
 pub(crate) struct Ledger {
     tx: mpsc::Sender<Msg>,
+    core: Arc<Mutex<Core>>,
+    /// The WAL as lone calls sync it (the syncer thread has its own handle).
+    wal: Arc<Mutex<Wal>>,
+    calls: Arc<AtomicUsize>,
+    sync: Arc<SyncState>,
+    clock: Arc<dyn Clock>,
+    cfg: Arc<LedgerConfig>,
 }
 
 impl Ledger {
     /// Starts the writer and syncer threads. They stop, after answering everything queued,
     /// when every [`Ledger`] handle is dropped; the handle joins both.
     ///
-    /// `conn` must be in WAL mode; `wal` is its `-wal` file, which the syncer fsyncs.
+    /// `conn` must be in WAL mode; `wal` is its `-wal` file, which the syncer and lone calls
+    /// fsync.
     pub fn start(
         conn: Connection,
         state: State,
@@ -97,28 +202,59 @@ impl Ledger {
         let syncer = {
             let sync = sync.clone();
             let wake = tx.downgrade();
+            let wal = wal.clone();
             std::thread::Builder::new()
                 .name("ledger-sync".into())
-                .spawn(move || syncer(&wal, sync_rx, &sync, &wake))?
+                .spawn(move || syncer(Wal::new(wal), sync_rx, &sync, &wake))?
         };
-        let handle = std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || {
-                writer(conn, state, rx, clock, cfg, sync_tx, &sync);
-                if syncer.join().is_err() {
-                    tracing::error!("the ledger syncer thread panicked");
-                }
-            })?;
-        Ok((Self { tx }, handle))
+        let core = Arc::new(Mutex::new(Core {
+            conn,
+            state,
+            stale: false,
+        }));
+        let cfg = Arc::new(cfg);
+        let handle = {
+            let (core, clock, cfg, sync) = (core.clone(), clock.clone(), cfg.clone(), sync.clone());
+            std::thread::Builder::new()
+                .name("ledger-writer".into())
+                .spawn(move || {
+                    writer(&core, rx, &*clock, &cfg, sync_tx, &sync);
+                    if syncer.join().is_err() {
+                        tracing::error!("the ledger syncer thread panicked");
+                    }
+                })?
+        };
+        Ok((
+            Self {
+                tx,
+                core,
+                wal: Arc::new(Mutex::new(Wal::new(wal))),
+                calls: Arc::default(),
+                sync,
+                clock,
+                cfg,
+            },
+            handle,
+        ))
     }
 
-    /// Runs `f` on the writer; its answer arrives once its transaction is committed and the
-    /// WAL synced to disk (or a 503 if that failed).
+    /// Runs `f` in the ledger; its answer arrives once its transaction is committed and the
+    /// WAL synced to disk (or a 503 if that failed). A call made while no other is in flight
+    /// runs on the calling thread, blocking it for the commit and the fsync (see
+    /// [`Ledger::run_alone`]).
     pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&mut Ctx<'a>) -> Result<T, JobError> + Send + 'static,
     {
+        let (_call, alone) = InFlight::enter(&self.calls);
+        let f = match alone {
+            true => match self.run_alone(f) {
+                Ok(answer) => return answer,
+                Err(f) => f,
+            },
+            false => f,
+        };
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Job(job(f, tx)))
@@ -136,6 +272,65 @@ impl Ledger {
         // If the writer is gone the job is dropped with `reply`, which the caller sees.
         let _ = self.tx.blocking_send(Msg::Job(job(f, reply)));
     }
+
+    /// Runs `f` on the calling thread, in a transaction of its own, when no other call is
+    /// in flight and the writer holds nothing open. A lone call then crosses no thread: on a
+    /// small VM each hand-off to the writer, to the syncer and back (a futex wake, an
+    /// interrupt to the other core) costs more than the SQLite work and the fdatasync, which
+    /// hold this thread for a few hundred microseconds instead. Calls that overlap go to the
+    /// writer and share its group commits. Gives `f` back when the ledger is busy.
+    fn run_alone<T, F>(&self, f: F) -> Result<Result<T, ApiError>, F>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&mut Ctx<'a>) -> Result<T, JobError> + Send + 'static,
+    {
+        if self.tx.capacity() < self.tx.max_capacity() || !self.sync.idle.load(Ordering::SeqCst) {
+            return Err(f);
+        }
+        let Ok(mut guard) = self.core.try_lock() else {
+            return Err(f);
+        };
+        let core = &mut *guard;
+        if core.stale || !core.conn.is_autocommit() {
+            return Err(f);
+        }
+        if let Err(e) = core.conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a ledger transaction");
+            core.stale = true;
+            return Ok(Err(unwritten()));
+        }
+        let (tx, mut rx) = oneshot::channel();
+        let mut ctx = Ctx {
+            conn: &core.conn,
+            state: &mut core.state,
+            now_ms: self.clock.now_ms(),
+            cfg: &self.cfg,
+            failed: false,
+        };
+        let done = job(f, tx)(&mut ctx);
+        let committed = if ctx.failed {
+            core.roll_back();
+            false
+        } else {
+            core.commit()
+        };
+        // Calls that arrive meanwhile can gather in the writer's next group.
+        drop(guard);
+        let durable = committed && lock_wal(&self.wal).sync();
+        done(durable);
+        Ok(rx.try_recv().unwrap_or_else(|_| Err(unwritten())))
+    }
+}
+
+fn lock_wal(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    // Nothing in a panic leaves the handle wrong; at worst it is reopened.
+    wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unwritten() -> ApiError {
+    ApiError::unavailable(
+        "the ledger could not write this request to disk; retry (retries are safe)",
+    )
 }
 
 pub(crate) fn shutting_down() -> ApiError {
@@ -165,9 +360,7 @@ where
         Box::new(move |durable| {
             let answer = match out {
                 Some(r) if durable => r,
-                _ => Err(ApiError::unavailable(
-                    "the ledger could not write this request to disk; retry (retries are safe)",
-                )),
+                _ => Err(unwritten()),
             };
             let _ = reply.send(answer);
         })
@@ -177,16 +370,16 @@ where
 /// Most jobs in one transaction while the previous one is still being synced.
 const MAX_PENDING: usize = 16 * 1024;
 
-/// The writer: runs jobs into an open transaction and commits it whenever the syncer is free
-/// (so at most one fsync is in flight and the next group gathers meanwhile), then hands the
-/// group's answers to the syncer. Commits use `synchronous=NORMAL` (no fsync of their own);
-/// durability comes from the syncer's fdatasync of the WAL, which happens before any answer.
+/// The writer: runs jobs into an open transaction and commits it (writing the agents the jobs
+/// changed) whenever the syncer is free, so at most one fsync is in flight and the next group
+/// gathers meanwhile; then hands the group's answers to the syncer. Commits use
+/// `synchronous=NORMAL` (no fsync of their own); durability comes from the syncer's
+/// fdatasync of the WAL, which happens before any answer.
 fn writer(
-    conn: Connection,
-    mut state: State,
+    core: &Mutex<Core>,
     mut rx: mpsc::Receiver<Msg>,
-    clock: Arc<dyn Clock>,
-    cfg: LedgerConfig,
+    clock: &dyn Clock,
+    cfg: &LedgerConfig,
     sync_tx: std::sync::mpsc::Sender<Vec<Completion>>,
     sync: &SyncState,
 ) {
@@ -205,7 +398,6 @@ fn writer(
     let mut pending: Vec<Completion> = Vec::with_capacity(256);
     let mut gather = Gather::default();
     let mut in_txn = false;
-    let mut stale = false;
     let mut closed = false;
     let mut stats = Stats::default();
     let fail = |pending: &mut Vec<Completion>| {
@@ -250,12 +442,14 @@ fn writer(
             }
         }
         if !jobs.is_empty() {
+            let mut guard = lock(core);
+            let core = &mut *guard;
             let now_ms = clock.now_ms();
-            if stale && !in_txn {
-                match State::load(&conn, now_ms, cfg.reservation_ttl_ms) {
+            if core.stale && !in_txn {
+                match State::load(&core.conn, now_ms, cfg.reservation_ttl_ms) {
                     Ok(s) => {
-                        state = s;
-                        stale = false;
+                        core.state = s;
+                        core.stale = false;
                         tracing::info!("ledger state reloaded from the database");
                     }
                     Err(e) => tracing::error!(
@@ -264,9 +458,9 @@ fn writer(
                     ),
                 }
             }
-            let mut failed = stale;
+            let mut failed = core.stale;
             if !failed && !in_txn {
-                match conn.execute_batch("BEGIN IMMEDIATE") {
+                match core.conn.execute_batch("BEGIN IMMEDIATE") {
                     Ok(()) => in_txn = true,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot begin a ledger transaction");
@@ -275,35 +469,24 @@ fn writer(
                 }
             }
             let mut ctx = Ctx {
-                conn: &conn,
-                state: &mut state,
+                conn: &core.conn,
+                state: &mut core.state,
                 now_ms,
-                cfg: &cfg,
+                cfg,
                 failed,
             };
             stats.jobs += jobs.len() as u64;
             pending.extend(jobs.drain(..).map(|job| job(&mut ctx)));
             if ctx.failed {
-                if in_txn {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    in_txn = false;
-                }
-                stale = true;
+                core.roll_back();
+                in_txn = false;
                 fail(&mut pending);
             }
         }
         gather.on_sync_done(sync, pending.len());
         if in_txn && (closed || gather.ready(in_txn, pending.len())) {
             let start = std::time::Instant::now();
-            let mut ok = true;
-            if let Err(e) = state.flush(&conn) {
-                tracing::error!(error = %e, "cannot write agent state");
-                ok = false;
-            }
-            if ok && let Err(e) = conn.execute_batch("COMMIT") {
-                tracing::error!(error = %e, "ledger commit failed");
-                ok = false;
-            }
+            let ok = lock(core).commit();
             in_txn = false;
             stats.commit(start.elapsed());
             if ok {
@@ -313,10 +496,6 @@ fn writer(
                     fail(&mut { lost.0 });
                 }
             } else {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                stale = true;
                 fail(&mut pending);
             }
         }
@@ -386,12 +565,11 @@ impl Gather {
 /// The syncer: fdatasyncs the WAL once for every group committed since its last sync, then
 /// releases their answers, oldest first.
 fn syncer(
-    wal: &Path,
+    mut wal: Wal,
     rx: std::sync::mpsc::Receiver<Vec<Completion>>,
     sync: &SyncState,
     wake: &mpsc::WeakSender<Msg>,
 ) {
-    let mut file: Option<(std::fs::File, u64)> = None;
     let mut stats = Stats::default();
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
@@ -399,14 +577,7 @@ fn syncer(
             groups.push(more);
         }
         let start = std::time::Instant::now();
-        let durable = match sync_file(wal, &mut file) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, path = %wal.display(), "fsync of the ledger WAL failed");
-                file = None;
-                false
-            }
-        };
+        let durable = wal.sync();
         let took = start.elapsed();
         stats.sync(took);
         let answered: usize = groups.iter().map(Vec::len).sum();
@@ -796,4 +967,132 @@ pub(crate) fn store_blobs(ctx: &mut Ctx<'_>, blobs: Vec<CheckedBlob>) -> Result<
         stmt.execute(params![row, b.seq as i64, b.data, ctx.now_ms as i64])?;
     }
     Ok(blobs.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::db;
+
+    /// A ledger on a fresh database, with a scratch table `t` for jobs to write.
+    fn ledger() -> (tempfile::TempDir, Ledger, JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open_rw(dir.path(), true).unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER NOT NULL)")
+            .unwrap();
+        let state = State::load(&conn, 0, 1000).unwrap();
+        let cfg = LedgerConfig {
+            reservation_ttl_ms: 1000,
+            default_output_cap: 100,
+        };
+        let wal = dir.path().join(format!("{}-wal", db::DB_FILE));
+        let (ledger, writer) = Ledger::start(conn, state, Arc::new(SystemClock), cfg, wal).unwrap();
+        (dir, ledger, writer)
+    }
+
+    fn insert(ctx: &mut Ctx<'_>, x: i64) -> Result<String, JobError> {
+        ctx.conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+        Ok(std::thread::current().name().unwrap_or("?").to_owned())
+    }
+
+    async fn rows(ledger: &Ledger) -> i64 {
+        ledger
+            .run(|ctx| {
+                Ok(ctx
+                    .conn
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_call_runs_where_it_is_made_and_overlapping_calls_share_the_writer() {
+        let (_dir, ledger, _writer) = ledger();
+        let here = tokio::spawn({
+            let ledger = ledger.clone();
+            async move {
+                let me = std::thread::current().name().unwrap_or("?").to_owned();
+                (me, ledger.run(|ctx| insert(ctx, 1)).await.unwrap())
+            }
+        });
+        let (caller, ran_on) = here.await.unwrap();
+        assert_eq!(ran_on, caller, "a lone call crosses no thread");
+
+        // While one call holds the ledger, others queue for the writer and go in together.
+        let started = Arc::new(AtomicBool::new(false));
+        let slow = tokio::spawn({
+            let (ledger, started) = (ledger.clone(), started.clone());
+            async move {
+                ledger
+                    .run(move |ctx| {
+                        started.store(true, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(200));
+                        insert(ctx, 2)
+                    })
+                    .await
+                    .unwrap()
+            }
+        });
+        while !started.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let queued: Vec<_> = (0..8)
+            .map(|i| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move { ledger.run(move |ctx| insert(ctx, 10 + i)).await })
+            })
+            .collect();
+        assert_ne!(slow.await.unwrap(), "ledger-writer");
+        for q in queued {
+            assert_eq!(q.await.unwrap().unwrap(), "ledger-writer");
+        }
+        assert_eq!(rows(&ledger).await, 10);
+    }
+
+    #[tokio::test]
+    async fn a_lone_call_that_fails_or_panics_leaves_nothing_behind() {
+        let (_dir, ledger, _writer) = ledger();
+        let failed = ledger
+            .run(|ctx| {
+                insert(ctx, 1)?;
+                ctx.conn
+                    .execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(
+            rows(&ledger).await,
+            0,
+            "the failed call's first row is rolled back"
+        );
+
+        let panicked = tokio::spawn({
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .run(|ctx| -> Result<(), JobError> {
+                        insert(ctx, 2)?;
+                        panic!("a job that panics mid-transaction");
+                    })
+                    .await
+            }
+        })
+        .await;
+        assert!(panicked.unwrap_err().is_panic());
+        assert_eq!(
+            rows(&ledger).await,
+            0,
+            "the panicked call's row is rolled back"
+        );
+        let me = std::thread::current().name().unwrap_or("?").to_owned();
+        assert_eq!(ledger.run(|ctx| insert(ctx, 3)).await.unwrap(), me);
+        assert_eq!(rows(&ledger).await, 1);
+    }
 }
