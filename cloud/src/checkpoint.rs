@@ -46,7 +46,8 @@ impl Default for Thresholds {
 struct Shared {
     requested: AtomicBool,
     stop: AtomicBool,
-    /// Checkpoints the thread ran.
+    /// Checkpoints the thread started, and finished.
+    begun: AtomicU64,
     passes: AtomicU64,
     /// Checkpoints the writer had to run itself.
     forced: AtomicU64,
@@ -133,20 +134,24 @@ impl Drop for Checkpointer {
 
 fn run(conn: &Connection, shared: &Shared) {
     loop {
-        while !shared.requested.swap(false, Ordering::AcqRel) {
+        while !shared.requested.load(Ordering::Acquire) {
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
             std::thread::park();
         }
+        // Counted before the request is cleared, so that no request pending and as many passes
+        // finished as begun means the thread is idle. A commit that asks between the two
+        // lines is covered by the pass about to start.
+        shared.begun.fetch_add(1, Ordering::AcqRel);
+        shared.requested.store(false, Ordering::Release);
         // Returns (busy, frames in the WAL, frames checkpointed); a busy or partial pass is
         // fine, the next commit past the threshold asks again.
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            Ok(()) => {
-                shared.passes.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
+        shared.passes.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -200,24 +205,54 @@ mod tests {
         }
     }
 
+    /// Waits until the thread has finished more than `passes` checkpoints and is idle. A wait
+    /// on the thread, not a timing assertion: the deadline only keeps a broken thread from
+    /// hanging the test.
+    fn wait_for_pass(cp: &Checkpointer, passes: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let shared = &cp.shared;
+        loop {
+            let idle = !shared.requested.load(Ordering::Acquire)
+                && shared.begun.load(Ordering::Acquire) == shared.passes.load(Ordering::Acquire);
+            let (now, _) = cp.counts();
+            if idle && now > passes {
+                return now;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread was woken but never checkpointed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn the_thread_checkpoints_and_the_wal_starts_over_instead_of_growing() {
         let (dir, conn, cp) = attached(64, 100_000);
-        // About 2,000 pages, 30 times the wake threshold, paced like the ledger's group
-        // commits (one per WAL fsync).
-        write(&conn, 0, 1_500, std::time::Duration::from_millis(1));
-        let (passes, forced) = cp.counts();
-        assert!(passes >= 5, "{passes} checkpoints");
+        // Rounds of 100 transactions (at least 100 pages, past the wake threshold of 64), each
+        // followed by a wait for the thread to finish. The WAL starts over only when a writer
+        // begins after a pass has caught up; pacing the writes instead made the test depend on
+        // the machine (a thread starved on a busy CI machine never caught up with the writer:
+        // the forced checkpoint's case, tested below).
+        let mut passes = 0;
+        let mut wal_max = 0;
+        for round in 0..24 {
+            write(&conn, round * 100, 100, std::time::Duration::ZERO);
+            passes = wait_for_pass(&cp, passes);
+            wal_max = wal_max.max(wal_len(dir.path()));
+        }
+        let (_, forced) = cp.counts();
         assert_eq!(forced, 0);
         let copied = std::fs::metadata(dir.path().join("t.db")).unwrap().len();
         assert!(
             copied > 1_000 * PAGE,
             "only {copied} bytes reached the database file"
         );
-        let wal = wal_len(dir.path());
+        // 2,400 transactions wrote at least 2,400 pages; had the WAL never started over it
+        // would hold them all.
         assert!(
-            wal < 1_000 * (PAGE + 24),
-            "the WAL grew to {wal} bytes: it never started over"
+            wal_max < 1_000 * (PAGE + 24),
+            "the WAL grew to {wal_max} bytes: it never started over"
         );
         drop(cp);
         drop(conn);
@@ -225,7 +260,7 @@ mod tests {
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(rows, 6_000);
+        assert_eq!(rows, 9_600);
         let ok: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
