@@ -27,6 +27,7 @@ pub mod secret;
 pub mod server;
 pub mod stamper;
 pub mod usage;
+mod usage_event;
 
 pub use agent::AgentId;
 

@@ -12,6 +12,8 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use crate::usage_event::Event;
+
 /// Token counts of one exchange.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -181,11 +183,10 @@ impl UsageMeter {
     }
 
     fn json_event(&mut self, data: &[u8]) {
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
-            return;
-        };
-        merge_usage(&v, &mut self.usage);
-        self.text_bytes += text_len(&v, 0);
+        if let Some(event) = Event::read(data) {
+            event.apply(&mut self.usage.input, &mut self.usage.output);
+            self.text_bytes += event.text;
+        }
     }
 
     /// Ends metering: the body is complete, or the client or provider went away.
@@ -210,10 +211,9 @@ impl UsageMeter {
                 self.line_done(&line);
             }
             Framing::Json => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&self.capture) {
-                    merge_usage(&v, &mut self.usage);
-                    self.text_bytes += text_len(&v, 0);
-                }
+                let capture = std::mem::take(&mut self.capture);
+                self.json_event(&capture);
+                self.capture = capture;
             }
             _ => {}
         }
@@ -230,65 +230,6 @@ impl UsageMeter {
 fn reuse(mut buf: Vec<u8>) -> Vec<u8> {
     buf.clear();
     buf
-}
-
-fn num(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
-/// Reads whatever usage shape `v` carries into `acc`; later values win.
-fn merge_usage(v: &Value, acc: &mut Partial) {
-    for u in [
-        v.get("usage"),
-        v.pointer("/message/usage"),
-        v.pointer("/response/usage"),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !u.is_object() {
-            continue;
-        }
-        let base = num(u, "prompt_tokens").or_else(|| num(u, "input_tokens"));
-        if let Some(base) = base {
-            // Anthropic reports cache reads and writes apart from input_tokens; they are billed.
-            let cache = num(u, "cache_creation_input_tokens").unwrap_or(0)
-                + num(u, "cache_read_input_tokens").unwrap_or(0);
-            acc.input = Some(base + cache);
-        }
-        if let Some(out) = num(u, "completion_tokens").or_else(|| num(u, "output_tokens")) {
-            acc.output = Some(out);
-        }
-    }
-    if let Some(n) = num(v, "prompt_eval_count") {
-        acc.input = Some(n);
-    }
-    if let Some(n) = num(v, "eval_count") {
-        acc.output = Some(n);
-    }
-}
-
-/// Bytes of generated text in an event, for estimates: message content, deltas, tool arguments.
-fn text_len(v: &Value, depth: usize) -> u64 {
-    if depth > 8 {
-        return 0;
-    }
-    match v {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, val)| match (k.as_str(), val) {
-                (
-                    "content" | "text" | "delta" | "partial_json" | "arguments" | "thinking"
-                    | "response",
-                    Value::String(s),
-                ) => s.len() as u64,
-                (_, Value::Object(_) | Value::Array(_)) => text_len(val, depth + 1),
-                _ => 0,
-            })
-            .sum(),
-        Value::Array(items) => items.iter().map(|i| text_len(i, depth + 1)).sum(),
-        _ => 0,
-    }
 }
 
 /// Removes the one chunk OpenAI sends only because the gateway asked for usage
