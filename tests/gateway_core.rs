@@ -544,26 +544,32 @@ fn fixture_request(name: &str) -> Vec<u8> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_client_that_leaves_mid_stream_still_gets_its_response_stamp() {
-    use http_body_util::BodyExt;
-    let w = world().await;
+/// Starts an Anthropic stream through the gateway, `delay_ms` between events, and returns its
+/// body once the response head has arrived.
+async fn open_stream(w: &World, delay_ms: &str) -> hyper::body::Incoming {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let req = http::Request::post(format!("{}/v1/messages", w.gw.url))
         .header("x-d3cipher-agent", w.agent.as_str())
-        .header("x-fixture-delay-ms", "100")
+        .header("x-fixture-delay-ms", delay_ms)
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(
             fixture_request("anthropic-messages-stream"),
         )))
         .unwrap();
     let resp = client.request(req).await.unwrap();
-    let mut body = resp.into_body();
+    assert_eq!(resp.status(), 200);
+    resp.into_body()
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_still_gets_its_response_stamp() {
+    use http_body_util::BodyExt;
+    let w = world().await;
+    let mut body = open_stream(&w, "100").await;
     let first = body.frame().await.unwrap().unwrap();
     assert!(!first.data_ref().unwrap().is_empty());
     drop(body);
-    drop(client);
 
     let stamps = w.settled(2).await;
     let s = &stamps[1].signed.stamp;
@@ -573,25 +579,17 @@ async fn a_client_that_leaves_mid_stream_still_gets_its_response_stamp() {
 
 #[tokio::test]
 async fn shutdown_lets_an_open_stream_finish_and_stamps_it() {
+    use http_body_util::BodyExt;
     let mut w = world().await;
-    let url = format!("{}/v1/messages", w.gw.url);
-    let agent = w.agent.to_string();
-    let stream = tokio::spawn(async move {
-        Http::default()
-            .post(
-                &url,
-                &[("x-d3cipher-agent", &agent), ("x-fixture-delay-ms", "40")],
-                &fixture_request("anthropic-messages-stream"),
-            )
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut body = open_stream(&w, "40").await;
+    // Shut down only once the stream is under way, however slow the machine.
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let rest = tokio::spawn(async move { body.collect().await.unwrap().to_bytes() });
     w.gw.stop().await;
-    let reply = stream.await.unwrap();
-    assert_eq!(reply.status, 200);
+    let whole = [first, rest.await.unwrap()].concat();
     assert_eq!(
-        reply.body.as_ref(),
-        fixture("anthropic-messages-stream").0.as_slice(),
+        whole,
+        fixture("anthropic-messages-stream").0,
         "the stream finished whole"
     );
     let stamps = w.stamps().await;
