@@ -31,7 +31,7 @@ const MAX_TEXT_DEPTH: usize = 8;
 
 /// The token counts of one usage object, as the provider named them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Counts {
+struct Counts {
     prompt_tokens: Option<u64>,
     input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
@@ -43,7 +43,7 @@ pub(crate) struct Counts {
 impl Counts {
     /// Input tokens: Anthropic reports cache reads and writes apart from `input_tokens`, and
     /// they are billed.
-    pub fn input(&self) -> Option<u64> {
+    fn input(&self) -> Option<u64> {
         let base = self.prompt_tokens.or(self.input_tokens)?;
         Some(
             base.saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
@@ -51,7 +51,7 @@ impl Counts {
         )
     }
 
-    pub fn output(&self) -> Option<u64> {
+    fn output(&self) -> Option<u64> {
         self.completion_tokens.or(self.output_tokens)
     }
 
@@ -77,9 +77,9 @@ const RESPONSE_USAGE: usize = 2;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Event {
     /// `usage`, `message.usage`, `response.usage`, when each is an object.
-    pub usage: [Option<Counts>; 3],
-    pub prompt_eval_count: Option<u64>,
-    pub eval_count: Option<u64>,
+    usage: [Option<Counts>; 3],
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
     /// Bytes of generated text.
     pub text: u64,
 }
