@@ -432,17 +432,15 @@ impl Report {
                 ));
             }
         }
-        if let Some(g) = best_rps(cs, "governed", "json") {
+        let governed_best = best_rps(cs, "governed", "json");
+        if let Some(g) = governed_best {
             rows.push((
                 "governed ≥ 10,000 req/s on this machine (best concurrency; issue 4)".into(),
                 format!("{g} req/s"),
                 check(g >= 10_000.0, format!("{g} instead of 10,000 req/s")),
             ));
         }
-        if let (Some(g), Some(n)) = (
-            best_rps(cs, "governed", "json"),
-            best_rps(cs, "nginx", "json"),
-        ) {
+        if let (Some(g), Some(n)) = (governed_best, best_rps(cs, "nginx", "json")) {
             let ratio = g / n;
             rows.push((
                 "throughput ≥ 0.2× nginx's (best concurrency of each)".into(),
