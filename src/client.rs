@@ -2,11 +2,14 @@
 //! policy, activation) and by the operator CLIs (everything else).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -56,10 +59,28 @@ impl ClientError {
     }
 }
 
+/// A control plane served by this very process (`quickstart`), reached without a socket.
+/// It answers exactly what its HTTP API would: same routes, same checks, same errors.
+pub trait InProcess: Send + Sync + 'static {
+    /// Answers one request, body and all; `Err` (a reason) when it has stopped.
+    fn call(&self, req: Request<Bytes>) -> InProcessFuture;
+}
+
+pub type InProcessFuture = Pin<Box<dyn Future<Output = Result<Response<Bytes>, String>> + Send>>;
+
+// The pooled client is as large as before this enum existed; boxing it would add a
+// pointer chase to every call of the common case.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Transport {
+    Network(HttpClient),
+    InProcess(Arc<dyn InProcess>),
+}
+
 /// A connection pool to one control plane, authenticated with one key.
 #[derive(Clone)]
 pub struct ControlPlane {
-    http: HttpClient,
+    transport: Transport,
     base: String,
     auth: HeaderValue,
     timeout: Duration,
@@ -85,6 +106,24 @@ impl ControlPlane {
         key: &SecretString,
         http: HttpClient,
     ) -> Result<Self, ClientError> {
+        Self::with_transport(base_url, key, Transport::Network(http))
+    }
+
+    /// Talks to a control plane in this process. `base_url` is where it also listens, if
+    /// anywhere; it names it in errors.
+    pub fn in_process(
+        base_url: &str,
+        key: &SecretString,
+        server: Arc<dyn InProcess>,
+    ) -> Result<Self, ClientError> {
+        Self::with_transport(base_url, key, Transport::InProcess(server))
+    }
+
+    fn with_transport(
+        base_url: &str,
+        key: &SecretString,
+        transport: Transport,
+    ) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
         let valid = base.parse::<http::Uri>().ok().is_some_and(|u| {
             matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
@@ -96,7 +135,7 @@ impl ControlPlane {
             .map_err(|_| ClientError::InvalidKey)?;
         auth.set_sensitive(true);
         Ok(Self {
-            http,
+            transport,
             base,
             auth,
             timeout: Duration::from_secs(30),
@@ -128,26 +167,28 @@ impl ControlPlane {
             req = req.header(CONTENT_TYPE, "application/json");
         }
         let req = req
-            .body(full(body.unwrap_or_default()))
+            .body(Bytes::from(body.unwrap_or_default()))
             .map_err(|_| ClientError::InvalidUrl { url: url.clone() })?;
         let call = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    url: self.base.clone(),
-                    reason: crate::error_chain(&e),
-                })?;
-            let status = resp.status();
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    url: self.base.clone(),
-                    reason: e.to_string(),
-                })?
-                .to_bytes();
+            let (status, body) = match &self.transport {
+                Transport::Network(http) => {
+                    let resp = http
+                        .request(req.map(full))
+                        .await
+                        .map_err(|e| self.unreachable(crate::error_chain(&e)))?;
+                    let status = resp.status();
+                    let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                        .collect()
+                        .await
+                        .map_err(|e| self.unreachable(e.to_string()))?
+                        .to_bytes();
+                    (status, body)
+                }
+                Transport::InProcess(server) => {
+                    let resp = server.call(req).await.map_err(|e| self.unreachable(e))?;
+                    (resp.status(), resp.into_body())
+                }
+            };
             if status.is_success() {
                 Ok(body)
             } else {
@@ -160,6 +201,13 @@ impl ControlPlane {
                 url: self.base.clone(),
                 secs: self.timeout.as_secs(),
             })?
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        }
     }
 
     async fn json<T: DeserializeOwned>(

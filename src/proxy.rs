@@ -17,7 +17,7 @@ use crate::AgentId;
 use crate::api::Verdict;
 use crate::body::{Ending, MeteredBody};
 use crate::chain::{StampKind, flags};
-use crate::client::ControlPlane;
+use crate::client::{ControlPlane, InProcess};
 use crate::config::{GatewayConfig, Limits, Upstream};
 use crate::http::{BoxError, ClientOptions, HttpClient, full};
 use crate::metrics::Metrics;
@@ -74,6 +74,22 @@ impl Gateway {
     /// Builds the gateway and starts its background tasks (chain writers, uploads).
     /// Must run inside a Tokio runtime.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        Self::build(config, None)
+    }
+
+    /// Like [`Gateway::new`], with the control plane running in this process: stamps and
+    /// blobs reach it without a socket. `config.control_plane_url` is where it also listens.
+    pub fn embedded(
+        config: GatewayConfig,
+        control_plane: Arc<dyn InProcess>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        Self::build(config, Some(control_plane))
+    }
+
+    fn build(
+        config: GatewayConfig,
+        embedded: Option<Arc<dyn InProcess>>,
+    ) -> Result<Arc<Self>, GatewayError> {
         if config.agents.is_empty() {
             return Err(GatewayError::NoAgents);
         }
@@ -81,9 +97,12 @@ impl Gateway {
             connect_timeout: config.limits.connect_timeout,
             ..ClientOptions::default()
         });
-        let cp =
-            ControlPlane::with_http(&config.control_plane_url, &config.gateway_key, http.clone())?
-                .with_timeout(config.limits.verdict_timeout);
+        let (url, key) = (&config.control_plane_url, &config.gateway_key);
+        let cp = match embedded {
+            None => ControlPlane::with_http(url, key, http.clone())?,
+            Some(server) => ControlPlane::in_process(url, key, server)?,
+        }
+        .with_timeout(config.limits.verdict_timeout);
         let uploads = config
             .account
             .map(|_| Uploads::start(cp.clone(), config.spool_dir.clone()));

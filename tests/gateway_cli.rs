@@ -4,6 +4,7 @@
 mod support;
 
 use lockstock::api::ProvisionRequest;
+use lockstock::chain::StampKind;
 use lockstock::secret::ExposeSecret;
 use support::procs::Sandbox;
 use support::*;
@@ -249,4 +250,104 @@ async fn admin_commands_drive_the_control_plane() {
         sb.ok("lockstock-gateway", &["alerts"], None)
             .contains("no alerts")
     );
+}
+
+/// The README's run command: vault, control plane and gateway in one process. The gateway
+/// stamps through the control plane in its own process (no socket), operators reach that
+/// control plane over HTTP, and SIGTERM stops both after the last stamp is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_serves_a_governed_gateway_and_its_control_plane_in_one_process() {
+    let sb = Sandbox::new();
+    let upstream = Upstream::start().await;
+    let gw = format!("127.0.0.1:{}", support::procs::free_port());
+    let cp = format!("127.0.0.1:{}", support::procs::free_port());
+    let data = sb.path().join("cloud");
+    let out = sb.path().join("quickstart.out");
+    let mut child = sb
+        .command(support::procs::bin("lockstock-gateway"))
+        .args(["quickstart", "--listen", &gw, "--cloud-listen", &cp])
+        .args(["--upstream", &upstream.url()])
+        .arg("--data")
+        .arg(&data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(out.with_extension("err")).unwrap_or_default();
+    let http = Http::default();
+    let health = format!("http://{gw}/healthz");
+    let mut ready = false;
+    for _ in 0..300 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "quickstart exited:\n{}",
+            logs()
+        );
+        if matches!(http.try_send("GET", &health, &[], b"").await, Ok(r) if r.status == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "quickstart never became healthy:\n{}", logs());
+    assert!(
+        logs().contains("control_plane=in this process"),
+        "{}",
+        logs()
+    );
+    let printed = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        printed.contains(&format!("export OPENAI_BASE_URL=http://{gw}/v1")),
+        "{printed}"
+    );
+
+    // No agent header: the one agent quickstart provisioned is the default.
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello."}]}"#;
+    let reply = http
+        .post(&format!("http://{gw}/v1/chat/completions"), &[], body)
+        .await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), logs());
+    assert_eq!(reply.body.as_ref(), fixture("openai-chat").0.as_slice());
+    assert_eq!(upstream.requests().len(), 1);
+
+    let admin_key = lockstock::secret::SecretString::from(
+        sb.ok("liberty", &["show", "LOCKSTOCK_API_KEY"], None)
+            .trim()
+            .to_owned(),
+    );
+    let admin = lockstock::client::ControlPlane::new(&format!("http://{cp}"), &admin_key).unwrap();
+    let agents = admin.agents().await.unwrap().agents;
+    assert_eq!(agents.len(), 1);
+    let agent = agents[0].agent_id.clone();
+
+    // Stop right away: the response stamp must still be written before the process exits.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "quickstart did not stop cleanly:\n{}",
+        logs()
+    );
+
+    // The data directory is free again, and holds both stamps.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(lockstock_cloud::serve(
+        listener,
+        lockstock_cloud::ServerConfig::new(&data),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let admin = lockstock::client::ControlPlane::new(&url, &admin_key).unwrap();
+    let stamps = admin.stamps(&agent, 0, 10).await.unwrap().stamps;
+    let kinds: Vec<_> = stamps.iter().map(|s| s.signed.stamp.kind).collect();
+    assert_eq!(kinds, [StampKind::Request, StampKind::Response]);
+    assert_eq!(stamps[1].signed.stamp.tokens_out, 12);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

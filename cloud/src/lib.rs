@@ -32,7 +32,7 @@ pub use error::Error;
 pub use keys::GENESIS_TOKEN_PREFIX;
 pub use read::MAX_PAGE;
 pub use routes::{BLOBS_LIMIT, JSON_LIMIT};
-pub use server::{ServerConfig, TlsFiles, serve};
+pub use server::{Server, ServerConfig, TlsFiles, serve};
 
 /// Where the control plane listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4100";

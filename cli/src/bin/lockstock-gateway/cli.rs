@@ -317,6 +317,17 @@ pub struct Serve {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
+    /// Also run the control plane, from this data directory, in this process (as quickstart
+    /// does); the gateway reaches it without a socket.
+    #[arg(long, value_name = "DIR")]
+    pub control_plane_data: Option<PathBuf>,
+    /// Where that control plane serves its API (operators, dashboard).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:4100",
+        requires = "control_plane_data"
+    )]
+    pub control_plane_listen: SocketAddr,
 }
 
 #[derive(Debug, Args)]

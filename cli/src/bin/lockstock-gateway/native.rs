@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use lockstock::client::InProcess;
 use lockstock::config::GatewayConfig;
 use tokio::net::TcpListener;
 use zeroize::Zeroizing;
@@ -64,11 +66,53 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Builds the gateway from its settings and serves until `shutdown`.
+/// A control plane serving its API from this process, for a gateway in this process
+/// (`quickstart`, `serve --control-plane-data`), which reaches it without a socket.
+pub struct EmbeddedControlPlane {
+    in_process: Arc<dyn InProcess>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), lockstock_cloud::Error>>,
+}
+
+impl EmbeddedControlPlane {
+    /// Opens the control plane in `data` and serves its API on `listener`.
+    pub fn start(data: &std::path::Path, listener: TcpListener) -> Result<Self> {
+        let server = lockstock_cloud::Server::open(lockstock_cloud::ServerConfig::new(data))
+            .with_context(|| format!("opening the control plane in {}", data.display()))?;
+        let in_process = server.in_process();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            in_process,
+            stop,
+            task,
+        })
+    }
+
+    pub fn in_process(&self) -> Arc<dyn InProcess> {
+        self.in_process.clone()
+    }
+
+    /// Stops it once its last writes are durable. Stop the gateway first: its final stamps
+    /// go here.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .context("the control plane's task")?
+            .context("the control plane")
+    }
+}
+
+/// Builds the gateway from its settings and serves until `shutdown`. With `embedded`, the
+/// control plane is the one running in this process.
 pub async fn run(
     settings: &BTreeMap<String, Zeroizing<String>>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
+    embedded: Option<Arc<dyn InProcess>>,
 ) -> Result<()> {
     let config = GatewayConfig::from_settings(settings).context("the gateway's settings")?;
     let addr = listener.local_addr()?;
@@ -80,7 +124,14 @@ pub async fn run(
         config.agents.len(),
         config.account.is_some(),
     );
-    let gateway = lockstock::proxy::Gateway::new(config)?;
+    let control_plane = match embedded {
+        None => config.control_plane_url.clone(),
+        Some(_) => "in this process".to_owned(),
+    };
+    let gateway = match embedded {
+        None => lockstock::proxy::Gateway::new(config)?,
+        Some(cloud) => lockstock::proxy::Gateway::embedded(config, cloud)?,
+    };
     match gateway.preflight().await {
         Ok(problems) => {
             for p in problems {
@@ -95,6 +146,7 @@ pub async fn run(
         listen = %addr,
         %upstream,
         agents,
+        %control_plane,
         transcripts = if sealing { "sealed" } else { "off (no account key)" },
         "LockStock gateway {} ready",
         lockstock::VERSION
@@ -127,7 +179,7 @@ pub async fn start(src: &Sources, args: &Start) -> Result<()> {
     if detached {
         write_pid(args.listen)?;
     }
-    let result = run(&settings, listener, shutdown_signal()).await;
+    let result = run(&settings, listener, shutdown_signal(), None).await;
     if detached {
         let _ = std::fs::remove_file(pid_file());
     }

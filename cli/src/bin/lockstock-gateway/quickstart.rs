@@ -5,6 +5,7 @@ use liberty_vault::{InitOptions, Vault};
 use lockstock::env;
 
 use crate::cli::{Overrides, Provision, Quickstart};
+use crate::native::EmbeddedControlPlane;
 use crate::settings::{Resolved, Sources, secret};
 
 pub async fn quickstart(args: Quickstart) -> Result<()> {
@@ -53,14 +54,8 @@ pub async fn quickstart(args: Quickstart) -> Result<()> {
     }
     let cloud_url = format!("http://{}", args.cloud_listen);
     let cloud_listener = crate::native::bind(args.cloud_listen).await?;
-    let (stop_cloud, cloud_stopped) = tokio::sync::oneshot::channel::<()>();
-    let cloud = tokio::spawn(lockstock_cloud::serve(
-        cloud_listener,
-        lockstock_cloud::ServerConfig::new(&data),
-        async {
-            let _ = cloud_stopped.await;
-        },
-    ));
+    // Provisioning below goes over HTTP, like any operator's; the gateway goes in-process.
+    let cloud = EmbeddedControlPlane::start(&data, cloud_listener)?;
 
     // 3. An agent, if none is registered yet.
     let overrides = Overrides {
@@ -86,10 +81,14 @@ pub async fn quickstart(args: Quickstart) -> Result<()> {
     let listener = crate::native::bind(args.listen).await?;
     let settings = res.gateway_settings(args.listen);
     print_exports(&res, &args, &data);
-    let result = crate::native::run(&settings, listener, crate::native::shutdown_signal()).await;
-    let _ = stop_cloud.send(());
-    let _ = cloud.await;
-    result
+    let result = crate::native::run(
+        &settings,
+        listener,
+        crate::native::shutdown_signal(),
+        Some(cloud.in_process()),
+    )
+    .await;
+    result.and(cloud.stop().await)
 }
 
 fn print_exports(res: &Resolved, args: &Quickstart, data: &std::path::Path) {

@@ -19,7 +19,14 @@ pub async fn serve(args: &Serve) -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(args.listen);
     let listener = crate::native::bind(listen).await?;
-    crate::native::run(&settings, listener, crate::native::shutdown_signal()).await
+    let shutdown = crate::native::shutdown_signal();
+    let Some(data) = &args.control_plane_data else {
+        return crate::native::run(&settings, listener, shutdown, None).await;
+    };
+    let cloud_listener = crate::native::bind(args.control_plane_listen).await?;
+    let cloud = crate::native::EmbeddedControlPlane::start(data, cloud_listener)?;
+    let result = crate::native::run(&settings, listener, shutdown, Some(cloud.in_process())).await;
+    result.and(cloud.stop().await)
 }
 
 /// Ok when `url` answers 200 within 2 s.

@@ -38,7 +38,7 @@ pub struct Args {
     /// Warm-up seconds per case [default: 2, short: 1].
     #[arg(long)]
     warmup: Option<f64>,
-    /// Only these (comma-separated): direct, nginx, governed, stamps-only, litellm,
+    /// Only these (comma-separated): direct, nginx, governed, embedded, stamps-only, litellm,
     /// endurance, soak, streams, tools.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -97,15 +97,18 @@ pub enum Target {
     Direct,
     Nginx,
     Governed,
+    /// Governed, with the control plane in the gateway's process (as quickstart runs them).
+    Embedded,
     StampsOnly,
     LiteLlm,
 }
 
 impl Target {
-    const ALL: [Target; 5] = [
+    const ALL: [Target; 6] = [
         Target::Direct,
         Target::Nginx,
         Target::Governed,
+        Target::Embedded,
         Target::StampsOnly,
         Target::LiteLlm,
     ];
@@ -115,13 +118,17 @@ impl Target {
             Target::Direct => "direct",
             Target::Nginx => "nginx",
             Target::Governed => "governed",
+            Target::Embedded => "embedded",
             Target::StampsOnly => "stamps-only",
             Target::LiteLlm => "litellm",
         }
     }
 
     fn lockstock(self) -> bool {
-        matches!(self, Target::Governed | Target::StampsOnly)
+        matches!(
+            self,
+            Target::Governed | Target::Embedded | Target::StampsOnly
+        )
     }
 }
 
@@ -185,6 +192,7 @@ struct World {
     upstream: setup::Upstream,
     cloud: Option<setup::Cloud>,
     governed: Option<setup::Gateway>,
+    embedded: Option<setup::Gateway>,
     stamps_only: Option<setup::Gateway>,
     nginx: Option<setup::Nginx>,
     litellm: Option<setup::LiteLlm>,
@@ -292,7 +300,10 @@ async fn run(args: Args) -> Result<bool> {
     if args.keep {
         say(format!("keeping {}", dir.display()));
     }
-    let machine = report::machine();
+    let mut machine = report::machine();
+    machine.disk_sync = report::disk_sync(&dir, 200)
+        .inspect_err(|e| say(format!("cannot time fdatasync in {}: {e}", dir.display())))
+        .ok();
     say(format!(
         "{}; load average at start {}",
         machine.summary(),
@@ -310,6 +321,7 @@ async fn run(args: Args) -> Result<bool> {
         upstream,
         cloud: None,
         governed: None,
+        embedded: None,
         stamps_only: None,
         nginx: None,
         litellm: None,
@@ -331,6 +343,9 @@ async fn run(args: Args) -> Result<bool> {
     }
     if targets.contains(&Target::Governed) || endurance || soak {
         world.governed = Some(start_gateway(&world, "governed", true).await?);
+    }
+    if targets.contains(&Target::Embedded) {
+        world.embedded = Some(start_embedded(&world).await?);
     }
     if targets.contains(&Target::StampsOnly) {
         world.stamps_only = Some(start_gateway(&world, "stamps-only", false).await?);
@@ -474,6 +489,7 @@ async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gat
         &w.seed,
         &agent,
         account,
+        false,
     )
     .await?;
     say(format!(
@@ -484,10 +500,41 @@ async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gat
     Ok(gw)
 }
 
+/// The governed gateway with the control plane in its own process. The agent and account key
+/// are set up through a control plane process of their own, which then stops and leaves its
+/// data directory and address to the gateway's process.
+async fn start_embedded(w: &World) -> Result<setup::Gateway> {
+    let mut cloud = setup::cloud_named(&w.http, &w.bin, &w.dir, "embedded-control-plane").await?;
+    let account = setup::account(&cloud).await?;
+    let agent = setup::agent(&cloud, &w.seed, "bench-embedded").await?;
+    cloud.proc.stop(std::time::Duration::from_secs(10));
+    let gw = setup::gateway(
+        &w.http,
+        &w.bin,
+        &w.dir,
+        "gateway-embedded",
+        &cloud,
+        &w.upstream.url,
+        &w.seed,
+        &agent,
+        Some(&account),
+        true,
+    )
+    .await?;
+    say(format!(
+        "embedded gateway and control plane on {} and {} (pid {}, {agent})",
+        gw.url,
+        cloud.url,
+        gw.proc.pid()
+    ));
+    Ok(gw)
+}
+
 /// The memory table's row for a process seen in a case.
 fn proc_key(target: &str, proc_name: &str) -> String {
     match (target, proc_name) {
         ("governed", "gateway") => "gateway (governed)".into(),
+        ("embedded", "gateway") => "gateway (embedded control plane)".into(),
         ("stamps-only", "gateway") => "gateway (stamps only)".into(),
         (_, p) => p.to_owned(),
     }
@@ -502,6 +549,9 @@ impl World {
         }
         if let Some(g) = &self.governed {
             out.push(("gateway (governed)".into(), g.proc.pid()));
+        }
+        if let Some(g) = &self.embedded {
+            out.push(("gateway (embedded control plane)".into(), g.proc.pid()));
         }
         if let Some(g) = &self.stamps_only {
             out.push(("gateway (stamps only)".into(), g.proc.pid()));
@@ -518,6 +568,7 @@ impl World {
     fn gateway(&self, t: Target) -> Option<&setup::Gateway> {
         match t {
             Target::Governed => self.governed.as_ref(),
+            Target::Embedded => self.embedded.as_ref(),
             Target::StampsOnly => self.stamps_only.as_ref(),
             _ => None,
         }
@@ -563,13 +614,15 @@ fn load_for<'a>(
                 Mode::Sse => n.stream_url.clone(),
             }
         }
-        Target::Governed | Target::StampsOnly => {
+        Target::Governed | Target::Embedded | Target::StampsOnly => {
             let g = w.gateway(t).expect("started");
             procs.push(("gateway", g.proc.pid()));
-            procs.push((
-                "control-plane",
-                w.cloud.as_ref().expect("started").proc.pid(),
-            ));
+            if t != Target::Embedded {
+                procs.push((
+                    "control-plane",
+                    w.cloud.as_ref().expect("started").proc.pid(),
+                ));
+            }
             headers.push(format!("X-D3cipher-Agent: {}", g.agent));
             g.url.clone()
         }
@@ -646,8 +699,7 @@ async fn agent_seq(w: &World, t: Target) -> Result<Option<u64>> {
     let Some(g) = w.gateway(t) else {
         return Ok(None);
     };
-    let cloud = w.cloud.as_ref().expect("started");
-    Ok(Some(cloud.admin.agent(&g.agent).await?.seq))
+    Ok(Some(g.admin.agent(&g.agent).await?.seq))
 }
 
 async fn run_case(

@@ -66,7 +66,12 @@ pub struct Cloud {
 }
 
 pub async fn cloud(http: &Http, bin: &Path, dir: &Path) -> Result<Cloud> {
-    let data = dir.join("cloud");
+    cloud_named(http, bin, dir, "control-plane").await
+}
+
+/// A control plane process named `name`, with its data in `dir/name`.
+pub async fn cloud_named(http: &Http, bin: &Path, dir: &Path, name: &str) -> Result<Cloud> {
+    let data = dir.join(name);
     let out = Command::new(bin.join("lockstock-cloud"))
         .args(["init", "--data"])
         .arg(&data)
@@ -89,7 +94,7 @@ pub async fn cloud(http: &Http, bin: &Path, dir: &Path) -> Result<Cloud> {
     let port = procs::free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let mut proc = Proc::spawn(
-        "control-plane",
+        name,
         Command::new(bin.join("lockstock-cloud"))
             .args(["serve", "--data"])
             .arg(&data)
@@ -156,10 +161,13 @@ pub struct Gateway {
     pub proc: Proc,
     pub url: String,
     pub agent: AgentId,
+    /// The control plane that holds the agent's ledger.
+    pub admin: ControlPlane,
 }
 
 /// A gateway process (`lockstock-gateway serve --settings FILE`), governing one agent;
-/// transcripts are sealed when `account` is given.
+/// transcripts are sealed when `account` is given. With `embedded`, the process also runs
+/// `cloud`'s control plane (stopped beforehand), on its data directory and address.
 #[allow(clippy::too_many_arguments)]
 pub async fn gateway(
     http: &Http,
@@ -171,6 +179,7 @@ pub async fn gateway(
     seed: &SecretKey32,
     agent: &AgentId,
     account: Option<&AccountPublicKey>,
+    embedded: bool,
 ) -> Result<Gateway> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -194,15 +203,18 @@ pub async fn gateway(
         .write_all(text.as_bytes())?;
     let port = procs::free_port()?;
     let url = format!("http://127.0.0.1:{port}");
-    let mut proc = Proc::spawn(
-        name,
-        Command::new(bin.join("lockstock-gateway"))
-            .args(["serve", "--settings"])
-            .arg(&settings)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("LOCKSTOCK_LOG", "warn"),
-        dir,
-    )?;
+    let mut cmd = Command::new(bin.join("lockstock-gateway"));
+    cmd.args(["serve", "--settings"])
+        .arg(&settings)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("LOCKSTOCK_LOG", "warn");
+    if embedded {
+        cmd.arg("--control-plane-data")
+            .arg(&cloud.data)
+            .arg("--control-plane-listen")
+            .arg(cloud.url.trim_start_matches("http://"));
+    }
+    let mut proc = Proc::spawn(name, &mut cmd, dir)?;
     let ready = procs::wait_ok(http, &mut proc, &format!("{url}/healthz"), &[], 30).await;
     // The gateway reads its settings once, at start; they hold the gateway key.
     let _ = std::fs::remove_file(&settings);
@@ -211,6 +223,7 @@ pub async fn gateway(
         proc,
         url,
         agent: agent.clone(),
+        admin: cloud.admin.clone(),
     })
 }
 
