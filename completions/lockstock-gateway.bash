@@ -1078,7 +1078,7 @@ _lockstock__gateway() {
             return 0
             ;;
         lockstock__subcmd__gateway__subcmd__serve)
-            opts="-h -V --settings --listen --help --version"
+            opts="-h -V --settings --listen --control-plane-data --control-plane-listen --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1089,6 +1089,14 @@ _lockstock__gateway() {
                     return 0
                     ;;
                 --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-plane-data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-plane-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
