@@ -124,13 +124,15 @@ pub async fn run(
         config.agents.len(),
         config.account.is_some(),
     );
-    let control_plane = match embedded {
-        None => config.control_plane_url.clone(),
-        Some(_) => "in this process".to_owned(),
-    };
-    let gateway = match embedded {
-        None => lockstock::proxy::Gateway::new(config)?,
-        Some(cloud) => lockstock::proxy::Gateway::embedded(config, cloud)?,
+    let (gateway, control_plane) = match embedded {
+        None => {
+            let url = config.control_plane_url.clone();
+            (lockstock::proxy::Gateway::new(config)?, url)
+        }
+        Some(cloud) => (
+            lockstock::proxy::Gateway::embedded(config, cloud)?,
+            "in this process".to_owned(),
+        ),
     };
     match gateway.preflight().await {
         Ok(problems) => {
