@@ -75,7 +75,7 @@ pub struct Args {
     /// Where the release binaries are [default: next to this one].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Write bench/results/<date>.{md,json} and docs/BENCHMARKS.md (default: unless --short).
+    /// Write bench/results/<date>[-N].{md,json} and docs/BENCHMARKS.md (default: unless --short).
     #[arg(long)]
     write: Option<bool>,
     /// A note for the report (repeatable), e.g. what else ran on the machine.

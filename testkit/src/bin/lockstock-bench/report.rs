@@ -791,16 +791,18 @@ impl Report {
         })
     }
 
-    /// bench/results/<date>.{md,json} and docs/BENCHMARKS.md.
+    /// bench/results/<date>.{md,json} (<date>-2, -3… for later runs of the same day, so no
+    /// run overwrites another) and docs/BENCHMARKS.md.
     pub fn write(&self, repo: &Path) -> Result<(PathBuf, PathBuf)> {
         let date = &self.date;
         let dir = repo.join("bench/results");
         std::fs::create_dir_all(&dir)?;
+        let stem = unused_stem(&dir, date);
         let md = self.markdown();
-        let md_path = dir.join(format!("{date}.md"));
+        let md_path = dir.join(format!("{stem}.md"));
         std::fs::write(&md_path, format!("# Benchmark, {date}\n\n{md}"))
             .with_context(|| format!("{}", md_path.display()))?;
-        let json_path = dir.join(format!("{date}.json"));
+        let json_path = dir.join(format!("{stem}.json"));
         std::fs::write(
             &json_path,
             serde_json::to_string_pretty(&self.json())? + "\n",
@@ -817,6 +819,17 @@ impl Report {
         std::fs::write(repo.join("docs/BENCHMARKS.md"), docs)?;
         Ok((md_path, json_path))
     }
+}
+
+/// `date`, or `date-N` with the smallest N ≥ 2 for which neither results file exists yet.
+fn unused_stem(dir: &Path, date: &str) -> String {
+    let taken = |stem: &str| {
+        dir.join(format!("{stem}.md")).exists() || dir.join(format!("{stem}.json")).exists()
+    };
+    std::iter::once(date.to_owned())
+        .chain((2..).map(|n| format!("{date}-{n}")))
+        .find(|stem| !taken(stem))
+        .expect("an unbounded sequence has a free name")
 }
 
 /// "10-minute" or "45 s".
@@ -923,6 +936,18 @@ mod tests {
             errors: Vec::new(),
             loadgen: Value::Null,
         }
+    }
+
+    #[test]
+    fn a_second_run_on_the_same_day_gets_a_name_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(unused_stem(dir.path(), "2026-12-03"), "2026-12-03");
+        std::fs::write(dir.path().join("2026-12-03.md"), "").unwrap();
+        assert_eq!(unused_stem(dir.path(), "2026-12-03"), "2026-12-03-2");
+        // Either file alone holds the name (a run can stop between the two writes).
+        std::fs::write(dir.path().join("2026-12-03-2.json"), "").unwrap();
+        assert_eq!(unused_stem(dir.path(), "2026-12-03"), "2026-12-03-3");
+        assert_eq!(unused_stem(dir.path(), "2026-12-04"), "2026-12-04");
     }
 
     #[test]
