@@ -602,6 +602,8 @@ fn sync_file(path: &Path, file: &mut Option<(std::fs::File, u64)>) -> std::io::R
     let inode = inode_of(path)?;
     if file.as_ref().is_none_or(|(_, ino)| *ino != inode) {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        // The handle's own inode, not `inode`: the file may have been replaced in between.
+        // A full stat here costs one inode write (see `inode_of`), once per reopen.
         let ino = f.metadata()?.ino();
         *file = Some((f, ino));
     }
