@@ -27,8 +27,7 @@ const GENESIS_MAGIC: &[u8; 10] = b"LSGENESIS1";
 pub const MAX_MODEL_LEN: usize = 128;
 
 /// A SHA-256 digest, shown and sent as lowercase hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Hash32(pub [u8; 32]);
 
 impl Hash32 {
@@ -37,22 +36,42 @@ impl Hash32 {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex_str(&mut [0; 64]).to_owned()
     }
-}
 
-impl TryFrom<String> for Hash32 {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
+    /// The hex, written into `buf`: every stamp on the wire carries several, so they are
+    /// written and read without an allocation each.
+    fn hex_str<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        hex::encode_to_slice(self.0, buf).expect("64 bytes hold 32 in hex");
+        std::str::from_utf8(buf).expect("hex is ASCII")
+    }
+
+    fn from_hex(s: &str) -> Result<Self, &'static str> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(&s, &mut out).map_err(|_| "expected 64 hex characters".to_owned())?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| "expected 64 hex characters")?;
         Ok(Self(out))
     }
 }
 
-impl From<Hash32> for String {
-    fn from(h: Hash32) -> Self {
-        h.to_hex()
+impl Serialize for Hash32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.hex_str(&mut [0; 64]))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash32 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Hash32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex characters")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Hash32, E> {
+                Hash32::from_hex(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -528,6 +547,33 @@ mod tests {
             out.push(signed);
         }
         out
+    }
+
+    #[test]
+    fn hashes_travel_as_lowercase_hex_and_anything_else_is_refused() {
+        let h = Hash32::of(b"x");
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{}\"", h.to_hex()));
+        assert_eq!(h.to_hex(), hex::encode(h.0));
+        assert_eq!(serde_json::from_str::<Hash32>(&json).unwrap(), h);
+        // Upper case is hex too; escapes are decoded before the check.
+        let upper = json.to_uppercase();
+        assert_eq!(serde_json::from_str::<Hash32>(&upper).unwrap(), h);
+        let escaped = format!("\"\\u00{:02x}{}", json.as_bytes()[1], &json[2..]);
+        assert_eq!(serde_json::from_str::<Hash32>(&escaped).unwrap(), h);
+        for bad in [
+            "\"\"".to_owned(),
+            format!("\"{}\"", &h.to_hex()[..62]),
+            format!("\"{}00\"", h.to_hex()),
+            format!("\"{}zz\"", &h.to_hex()[..62]),
+            format!("\"{}é\"", &h.to_hex()[..62]),
+            "7".to_owned(),
+            "null".to_owned(),
+            "[1,2]".to_owned(),
+        ] {
+            let e = serde_json::from_str::<Hash32>(&bad).unwrap_err();
+            assert!(e.to_string().contains("64 hex"), "{bad}: {e}");
+        }
     }
 
     #[test]
