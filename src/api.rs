@@ -209,12 +209,20 @@ pub struct BudgetRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendRequest {
     pub stamps: Vec<SignedStamp>,
+    /// Sealed blobs of stamps in this call, stored in the same commit as the stamps (a blob
+    /// whose stamp is refused is dropped). Saves a second call and a second commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<BlobUpload>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResponse {
     /// One per stamp, in the same order.
     pub results: Vec<StampResult>,
+    /// How many of the call's blobs were stored. Absent from a control plane that does not
+    /// take blobs with stamps: the gateway then uploads them on their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs_stored: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +290,8 @@ pub struct StampPage {
     pub next_after: Option<u64>,
 }
 
-/// A sealed transcript blob: `POST /v1/blobs` (gateway), many per call.
+/// A sealed transcript blob: `POST /v1/blobs` (gateway), many per call, or with its stamp in
+/// `POST /v1/stamps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobUpload {
     pub agent_id: AgentId,

@@ -232,12 +232,29 @@ impl ControlPlane {
 
     /// Appends stamps in chain order; one answer per stamp.
     pub async fn append(&self, stamps: &[SignedStamp]) -> Result<AppendResponse, ClientError> {
+        self.append_with_blobs(stamps, &[]).await
+    }
+
+    /// Appends stamps in chain order with blobs they commit to, stored in the same commit;
+    /// one answer per stamp. `blobs_stored` is `None` when the control plane ignored the
+    /// blobs (it predates them): upload those with [`Self::upload_blobs`].
+    pub async fn append_with_blobs(
+        &self,
+        stamps: &[SignedStamp],
+        blobs: &[BlobUpload],
+    ) -> Result<AppendResponse, ClientError> {
         #[derive(Serialize)]
         struct Borrowed<'a> {
             stamps: &'a [SignedStamp],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            blobs: &'a [BlobUpload],
         }
         let resp: AppendResponse = self
-            .json(Method::POST, "/v1/stamps", Some(&Borrowed { stamps }))
+            .json(
+                Method::POST,
+                "/v1/stamps",
+                Some(&Borrowed { stamps, blobs }),
+            )
             .await?;
         if resp.results.len() != stamps.len() {
             return Err(ClientError::Decode(format!(

@@ -1,4 +1,5 @@
-//! Ships sealed blobs and wrapped data keys to the control plane, off the request path.
+//! Ships wrapped data keys, and the sealed blobs too big to travel with their stamps, to the
+//! control plane, off the request path.
 //!
 //! Uploads are queued in memory and sent in batches by one task. When the control plane
 //! cannot be reached they are written to a spool directory (they are ciphertext already) and

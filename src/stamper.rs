@@ -4,7 +4,8 @@
 //! Each agent has one queue and one sender task. The sender takes everything queued, assigns
 //! consecutive seqs from the chain head, seals transcripts (the seq is part of the blob's
 //! AAD, so sealing happens here), signs the batch once (its last stamp), and sends it in one
-//! call; the control plane commits a batch with one fsync. While a batch is in flight, new
+//! call with its blobs (up to 256 KiB of them; bigger ones follow through the uploader); the
+//! control plane commits a batch and its blobs with one fsync. While a batch is in flight, new
 //! drafts queue up and form the next batch, so batches grow with load and latency stays one
 //! round trip when idle.
 //!
@@ -36,6 +37,10 @@ const MAX_BATCH: usize = 256;
 /// riding along saves that request a whole round trip behind the response stamp.
 const LINGER: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Most bytes of sealed blobs (base64) sent with a batch's stamps, stored in the same commit.
+/// Larger ones go to the uploader once their stamps are appended, so a big transcript does
+/// not hold up the verdicts travelling with it.
+const MAX_INLINE_BLOB_BYTES: usize = 256 * 1024;
 
 /// What the proxy knows when it asks for a stamp; the sender fills in the chain position.
 #[derive(Debug, Clone)]
@@ -235,7 +240,7 @@ impl Stamper {
 
 struct Built {
     signed: SignedStamp,
-    blob: Option<Vec<u8>>,
+    blob: Option<BlobUpload>,
     reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>,
 }
 
@@ -377,6 +382,16 @@ impl Sender {
                 .transcript
                 .as_ref()
                 .and_then(|t| self.seal(seq, p.draft.kind, t));
+            let blob_hash = blob.as_ref().map(|b| Hash32::of(b));
+            let blob = blob.map(|b| {
+                use base64::Engine;
+                BlobUpload {
+                    agent_id: self.chain.agent.clone(),
+                    seq,
+                    kind: p.draft.kind,
+                    data: base64::engine::general_purpose::STANDARD.encode(b),
+                }
+            });
             let stamp = Stamp {
                 version: STAMP_VERSION,
                 agent_id: self.chain.agent.clone(),
@@ -390,7 +405,7 @@ impl Sender {
                 ref_seq: p.draft.ref_seq,
                 flags: p.draft.flags,
                 status: p.draft.status,
-                blob_hash: blob.as_ref().map(|b| Hash32::of(b)),
+                blob_hash,
             };
             head = Head {
                 seq,
@@ -453,11 +468,24 @@ impl Sender {
         }
     }
 
-    /// Sends one built batch until the control plane answers, then hands out the verdicts.
+    /// Sends one built batch (with as many of its blobs as fit) until the control plane
+    /// answers, then hands out the verdicts and queues the blobs that did not travel with it.
     async fn deliver(&mut self, mut built: Vec<Built>) {
         let stamps: Vec<SignedStamp> = built.iter().map(|b| b.signed.clone()).collect();
+        let (mut inline, mut inline_of, mut inline_bytes) = (Vec::new(), Vec::new(), 0);
+        for (i, b) in built.iter_mut().enumerate() {
+            let fits = b
+                .blob
+                .as_ref()
+                .is_some_and(|blob| inline_bytes + blob.data.len() <= MAX_INLINE_BLOB_BYTES);
+            if let Some(blob) = b.blob.take_if(|_| fits) {
+                inline_bytes += blob.data.len();
+                inline.push(blob);
+                inline_of.push(i);
+            }
+        }
         let resp = loop {
-            match self.cp.append(&stamps).await {
+            match self.cp.append_with_blobs(&stamps, &inline).await {
                 Ok(resp) => break resp,
                 Err(e) => {
                     tracing::warn!(agent = %self.chain.agent, error = %e, stamps = stamps.len(), "stamp delivery failed; retrying");
@@ -470,19 +498,21 @@ impl Sender {
         self.up();
         let mut rejected = false;
         let mut blobs = Vec::new();
+        if resp.blobs_stored.is_none() {
+            // A control plane from before blobs travelled with stamps ignored them.
+            blobs.extend(
+                inline
+                    .into_iter()
+                    .zip(inline_of)
+                    .filter(|(_, i)| resp.results[*i].verdict.appended())
+                    .map(|(blob, _)| blob),
+            );
+        }
         for (b, result) in built.into_iter().zip(&resp.results) {
             let appended = result.verdict.appended();
             rejected |= !appended;
             if appended {
-                if let Some(blob) = b.blob {
-                    use base64::Engine;
-                    blobs.push(BlobUpload {
-                        agent_id: self.chain.agent.clone(),
-                        seq: b.signed.stamp.seq,
-                        kind: b.signed.stamp.kind,
-                        data: base64::engine::general_purpose::STANDARD.encode(blob),
-                    });
-                }
+                blobs.extend(b.blob);
             } else {
                 tracing::warn!(agent = %self.chain.agent, seq = b.signed.stamp.seq, verdict = ?result.verdict, "stamp not appended");
             }

@@ -398,20 +398,27 @@ async fn transcripts_are_sealed_and_the_prompt_never_reaches_the_ledger_in_clear
     let body = format!(
         r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{secret_prompt}"}}]}}"#
     );
-    let r = Http::default()
-        .post(
-            &format!("{}/v1/chat/completions", gw.url),
-            &[("x-d3cipher-agent", agent.as_str())],
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    // A prompt too big to travel with its stamp goes through the uploader instead.
+    let big = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(400 * 1024)
+    );
+    for prompt in [&body, &big] {
+        let r = Http::default()
+            .post(
+                &format!("{}/v1/chat/completions", gw.url),
+                &[("x-d3cipher-agent", agent.as_str())],
+                prompt.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
     gw.stop().await;
 
-    // Shutdown waits for the uploads: both blobs are there the moment it returns.
+    // Shutdown waits for the uploads: every blob is there the moment it returns.
     let admin = cloud.admin();
     let page = admin.stamps(&agent, 0, 10).await.unwrap();
-    assert_eq!(page.stamps.len(), 2);
+    assert_eq!(page.stamps.len(), 4);
     assert!(
         page.stamps.iter().all(|s| s.has_blob),
         "every sealed transcript was delivered before shutdown completed"
@@ -426,6 +433,22 @@ async fn transcripts_are_sealed_and_the_prompt_never_reaches_the_ledger_in_clear
     let dek = account.unwrap_dek(&agent, keys[0].epoch, &wrapped).unwrap();
     let plain = dek.open(&agent, 1, StampKind::Request, &blob).unwrap();
     assert_eq!(plain.as_slice(), body.as_bytes());
+    let big_seq = page
+        .stamps
+        .iter()
+        .filter(|s| s.signed.stamp.kind == StampKind::Request)
+        .map(|s| s.signed.stamp.seq)
+        .max()
+        .unwrap();
+    let blob = admin
+        .blob(&agent, big_seq)
+        .await
+        .unwrap()
+        .expect("big request blob");
+    let plain = dek
+        .open(&agent, big_seq, StampKind::Request, &blob)
+        .unwrap();
+    assert_eq!(plain.as_slice(), big.as_bytes());
 
     let mut cloud = cloud;
     cloud.stop().await;
@@ -925,6 +948,137 @@ async fn a_backlog_of_thousands_of_blobs_ships_in_calls_the_control_plane_accept
         stored += page.stamps.iter().filter(|s| s.has_blob).count();
     }
     assert_eq!(stored, n, "every blob stored");
+}
+
+#[tokio::test]
+async fn blobs_reach_a_control_plane_that_predates_blobs_travelling_with_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "upgraded-first").await;
+    let account = lockstock::seal::AccountKey::generate();
+    let (old_url, dropped) = older_control_plane(cloud.url.clone()).await;
+    let mut cfg = gateway_config(
+        &cloud,
+        &upstream.url(),
+        &seed,
+        &[&agent],
+        Some(account.public_key()),
+    );
+    cfg.control_plane_url = old_url;
+    let mut gw = Gateway::start(cfg).await;
+    for _ in 0..3 {
+        let r = Http::default()
+            .post(
+                &format!("{}/v1/chat/completions", gw.url),
+                &[("x-d3cipher-agent", agent.as_str())],
+                OPENAI_CHAT.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    gw.stop().await;
+
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the gateway sent blobs with its stamps, and the older control plane ignored them"
+    );
+    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    assert_eq!(page.stamps.len(), 6);
+    assert!(
+        page.stamps.iter().all(|s| s.has_blob),
+        "every blob was uploaded on its own instead"
+    );
+}
+
+/// A relay to the control plane at `target` that behaves like one from before blobs travelled
+/// with stamps: it drops `blobs` from appends and leaves `blobs_stored` out of the answers.
+/// Counts the blobs it dropped.
+async fn older_control_plane(
+    target: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = dropped.clone();
+    let http = std::sync::Arc::new(Http::default());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (target, counter, http) = (target.clone(), counter.clone(), http.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (target, counter, http) =
+                            (target.clone(), counter.clone(), http.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let mut body = http_body_util::BodyExt::collect(body)
+                                .await
+                                .unwrap()
+                                .to_bytes()
+                                .to_vec();
+                            let path = parts.uri.path().to_owned();
+                            let appending =
+                                parts.method == http::Method::POST && path == "/v1/stamps";
+                            if appending {
+                                let mut v: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap();
+                                if let Some(blobs) = v.as_object_mut().unwrap().remove("blobs") {
+                                    counter.fetch_add(
+                                        blobs.as_array().unwrap().len(),
+                                        Ordering::SeqCst,
+                                    );
+                                }
+                                body = serde_json::to_vec(&v).unwrap();
+                            }
+                            let headers: Vec<(String, String)> = parts
+                                .headers
+                                .iter()
+                                .filter(|(k, _)| {
+                                    *k == http::header::AUTHORIZATION
+                                        || *k == http::header::CONTENT_TYPE
+                                })
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                                .collect();
+                            let headers: Vec<(&str, &str)> = headers
+                                .iter()
+                                .map(|(k, v)| (k.as_str(), v.as_str()))
+                                .collect();
+                            let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                            let reply = http
+                                .send(
+                                    parts.method.as_str(),
+                                    &format!("{target}{uri}"),
+                                    &headers,
+                                    &body,
+                                )
+                                .await;
+                            let mut out = reply.body.to_vec();
+                            if appending && reply.status == 200 {
+                                let mut v: serde_json::Value =
+                                    serde_json::from_slice(&out).unwrap();
+                                v.as_object_mut().unwrap().remove("blobs_stored");
+                                out = serde_json::to_vec(&v).unwrap();
+                            }
+                            let resp = http::Response::builder()
+                                .status(reply.status)
+                                .header(http::header::CONTENT_TYPE, "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(out)))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    (url, dropped)
 }
 
 /// A TCP relay to `target` that counts how often `needle` (a request line) passes from the

@@ -699,16 +699,49 @@ fn answer(seq: u64, verdict: Verdict, head: Head) -> StampResult {
     }
 }
 
-/// Applies stamps in order; one answer each.
+/// A blob sent with its stamp: `stamp` is the stamp's index in the call, which the handler
+/// has matched to the blob (agent, seq, kind and hash).
+pub(crate) struct InlineBlob {
+    pub stamp: usize,
+    pub data: Vec<u8>,
+}
+
+/// What an append call did: one answer per stamp, and how many of its blobs were stored.
+pub(crate) struct Appended {
+    pub results: Vec<StampResult>,
+    pub blobs_stored: usize,
+}
+
+/// Applies stamps in order, one answer each, then stores the blobs of those appended (a
+/// refused stamp's blob is dropped: nothing in the chain commits to it).
 pub(crate) fn append(
     ctx: &mut Ctx<'_>,
     stamps: Vec<Checked>,
-) -> Result<Vec<StampResult>, JobError> {
-    let mut out = Vec::with_capacity(stamps.len());
-    for c in stamps {
-        out.push(append_one(ctx, c)?);
+    blobs: Vec<InlineBlob>,
+) -> Result<Appended, JobError> {
+    let mut rows = Vec::with_capacity(blobs.len());
+    for b in &blobs {
+        rows.push(
+            ctx.state
+                .agents
+                .get(&stamps[b.stamp].signed.stamp.agent_id)
+                .map(|a| a.row),
+        );
     }
-    Ok(out)
+    let seqs: Vec<u64> = stamps.iter().map(|c| c.signed.stamp.seq).collect();
+    let mut results = Vec::with_capacity(stamps.len());
+    for c in stamps {
+        results.push(append_one(ctx, c)?);
+    }
+    let kept = blobs.iter().zip(rows).filter_map(|(b, row)| {
+        let row = row.filter(|_| results[b.stamp].verdict.appended())?;
+        Some((row, seqs[b.stamp], b.data.as_slice()))
+    });
+    let blobs_stored = insert_blobs(ctx, kept)?;
+    Ok(Appended {
+        results,
+        blobs_stored,
+    })
 }
 
 fn append_one(ctx: &mut Ctx<'_>, c: Checked) -> rusqlite::Result<StampResult> {
@@ -951,6 +984,34 @@ pub(crate) struct CheckedBlob {
     pub hash: Hash32,
 }
 
+/// Refuses a blob its stamp does not commit to: the stamp is of another kind, or commits to
+/// no blob or to other bytes (`committed`: the stamp's `blob_hash`).
+pub(crate) fn check_commitment(
+    b: &CheckedBlob,
+    same_kind: bool,
+    committed: Option<[u8; 32]>,
+) -> Result<(), ApiError> {
+    if !same_kind {
+        return Err(ApiError::bad_request(format!(
+            "the stamp at seq {} of agent {} is not a {} stamp",
+            b.seq,
+            b.agent,
+            b.kind.as_str()
+        )));
+    }
+    match committed {
+        None => Err(ApiError::bad_request(format!(
+            "the stamp at seq {} of agent {} commits to no blob",
+            b.seq, b.agent
+        ))),
+        Some(h) if h != b.hash.0 => Err(ApiError::bad_request(format!(
+            "the blob for seq {} of agent {} does not match the SHA-256 its stamp commits to",
+            b.seq, b.agent
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Stores blobs committed to by existing stamps; all or nothing.
 pub(crate) fn store_blobs(ctx: &mut Ctx<'_>, blobs: Vec<CheckedBlob>) -> Result<usize, JobError> {
     let mut rows = Vec::with_capacity(blobs.len());
@@ -972,40 +1033,32 @@ pub(crate) fn store_blobs(ctx: &mut Ctx<'_>, blobs: Vec<CheckedBlob>) -> Result<
             ))
             .into());
         };
-        if kind != kind_code(b.kind) {
-            return Err(ApiError::bad_request(format!(
-                "the stamp at seq {} of agent {} is not a {} stamp",
-                b.seq,
-                b.agent,
-                b.kind.as_str()
-            ))
-            .into());
-        }
-        match committed {
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "the stamp at seq {} of agent {} commits to no blob",
-                    b.seq, b.agent
-                ))
-                .into());
-            }
-            Some(h) if h != b.hash.0 => {
-                return Err(ApiError::bad_request(format!(
-                    "the blob for seq {} of agent {} does not match the SHA-256 its stamp commits to",
-                    b.seq, b.agent
-                ))
-                .into());
-            }
-            Some(_) => rows.push(agent.row),
-        }
+        check_commitment(b, kind == kind_code(b.kind), committed)?;
+        rows.push(agent.row);
     }
+    let rows = blobs
+        .iter()
+        .zip(rows)
+        .map(|(b, row)| (row, b.seq, b.data.as_slice()));
+    insert_blobs(ctx, rows)?;
+    Ok(blobs.len())
+}
+
+/// Stores blobs by (agent row, seq); storing one again is a no-op. Returns how many it was
+/// given.
+fn insert_blobs<'b>(
+    ctx: &Ctx<'_>,
+    blobs: impl Iterator<Item = (i64, u64, &'b [u8])>,
+) -> rusqlite::Result<usize> {
     let mut stmt = ctx.conn.prepare_cached(
         "INSERT OR IGNORE INTO blobs (agent, seq, data, stored_ms) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for (b, row) in blobs.iter().zip(rows) {
-        stmt.execute(params![row, b.seq as i64, b.data, ctx.now_ms as i64])?;
+    let mut n = 0;
+    for (row, seq, data) in blobs {
+        stmt.execute(params![row, seq as i64, data, ctx.now_ms as i64])?;
+        n += 1;
     }
-    Ok(blobs.len())
+    Ok(n)
 }
 
 #[cfg(test)]

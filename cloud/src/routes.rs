@@ -20,11 +20,12 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use lockstock::AgentId;
 use lockstock::api::{
-    AccountKeyRequest, ActivateRequest, AppendRequest, BudgetRequest, Health, LockRequest,
-    MAX_BLOB_BYTES, MAX_ITEMS_PER_UPLOAD, MAX_STAMPS_PER_APPEND, ProvisionRequest, PutKeysRequest,
-    RotateGatewayKeyResponse, SentinelUpdate, UploadBlobsRequest, UploadBlobsResponse,
+    AccountKeyRequest, ActivateRequest, AppendRequest, BlobUpload, BudgetRequest, Health,
+    LockRequest, MAX_BLOB_BYTES, MAX_ITEMS_PER_UPLOAD, MAX_STAMPS_PER_APPEND, ProvisionRequest,
+    PutKeysRequest, RotateGatewayKeyResponse, SentinelUpdate, UploadBlobsRequest,
+    UploadBlobsResponse,
 };
-use lockstock::chain::Hash32;
+use lockstock::chain::{Hash32, SignedStamp};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -32,7 +33,7 @@ use serde::de::DeserializeOwned;
 use crate::admin;
 use crate::error::ApiError;
 use crate::keys::{KeyHashes, Role};
-use crate::ledger::{self, CheckedBlob, Ledger};
+use crate::ledger::{self, CheckedBlob, InlineBlob, Ledger};
 use crate::read::{self, ReadPool};
 use crate::verify::Verifier;
 
@@ -343,7 +344,8 @@ async fn append(
     State(app): State<App>,
     JsonBody(req): JsonBody<AppendRequest, JSON_LIMIT>,
 ) -> ApiResult<lockstock::api::AppendResponse> {
-    let n = req.stamps.len();
+    let AppendRequest { stamps, blobs } = req;
+    let n = stamps.len();
     if n == 0 {
         return Err(ApiError::bad_request(
             "stamps is empty; send at least one stamp",
@@ -354,19 +356,80 @@ async fn append(
             "at most {MAX_STAMPS_PER_APPEND} stamps per call; got {n}"
         )));
     }
+    if blobs.len() > n {
+        return Err(ApiError::bad_request(format!(
+            "{} blobs for {n} stamps; send at most one blob per stamp",
+            blobs.len()
+        )));
+    }
+    let blobs = pair_with_stamps(&stamps, decode_blobs(blobs).await?)?;
     let keys: Vec<Option<VerifyingKey>> = {
         let cache = app.keys.read().expect("key cache lock");
-        req.stamps
+        stamps
             .iter()
             .map(|s| cache.get(&s.stamp.agent_id).copied())
             .collect()
     };
-    let results = app.verifier.append(req.stamps, keys).await?;
-    Ok(axum::Json(lockstock::api::AppendResponse { results }))
+    let appended = app.verifier.append(stamps, keys, blobs).await?;
+    Ok(axum::Json(lockstock::api::AppendResponse {
+        results: appended.results,
+        blobs_stored: Some(appended.blobs_stored),
+    }))
 }
 
-fn decode_blobs(req: UploadBlobsRequest) -> Result<Vec<CheckedBlob>, ApiError> {
-    req.blobs
+/// Matches each blob sent with stamps to the stamp in the call that commits to it.
+fn pair_with_stamps(
+    stamps: &[SignedStamp],
+    blobs: Vec<CheckedBlob>,
+) -> Result<Vec<InlineBlob>, ApiError> {
+    if blobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let index: HashMap<(&AgentId, u64), usize> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((&s.stamp.agent_id, s.stamp.seq), i))
+        .collect();
+    let mut paired = Vec::with_capacity(blobs.len());
+    let mut has_blob = vec![false; stamps.len()];
+    for b in blobs {
+        let Some(&i) = index.get(&(&b.agent, b.seq)) else {
+            return Err(ApiError::bad_request(format!(
+                "the blob for seq {} of agent {} has no stamp in this call; send it with its \
+                 stamp, or to POST /v1/blobs once the stamp is appended",
+                b.seq, b.agent
+            )));
+        };
+        let stamp = &stamps[i].stamp;
+        ledger::check_commitment(&b, stamp.kind == b.kind, stamp.blob_hash.map(|h| h.0))?;
+        if std::mem::replace(&mut has_blob[i], true) {
+            return Err(ApiError::bad_request(format!(
+                "two blobs for seq {} of agent {}; a stamp commits to one",
+                b.seq, b.agent
+            )));
+        }
+        paired.push(InlineBlob {
+            stamp: i,
+            data: b.data,
+        });
+    }
+    Ok(paired)
+}
+
+/// Decodes and hashes blobs; many bytes are decoded off the async workers.
+async fn decode_blobs(blobs: Vec<BlobUpload>) -> Result<Vec<CheckedBlob>, ApiError> {
+    let total: usize = blobs.iter().map(|b| b.data.len()).sum();
+    if total <= 64 * 1024 {
+        decode_each(blobs)
+    } else {
+        tokio::task::spawn_blocking(move || decode_each(blobs))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+    }
+}
+
+fn decode_each(blobs: Vec<BlobUpload>) -> Result<Vec<CheckedBlob>, ApiError> {
+    blobs
         .into_iter()
         .map(|b| {
             let data = base64::engine::general_purpose::STANDARD
@@ -412,14 +475,7 @@ async fn upload_blobs(
             "at most {MAX_ITEMS_PER_UPLOAD} blobs per call"
         )));
     }
-    let total: usize = req.blobs.iter().map(|b| b.data.len()).sum();
-    let blobs = if total <= 64 * 1024 {
-        decode_blobs(req)?
-    } else {
-        tokio::task::spawn_blocking(move || decode_blobs(req))
-            .await
-            .map_err(|e| ApiError::internal(&e))??
-    };
+    let blobs = decode_blobs(req.blobs).await?;
     let stored = app
         .ledger
         .run(move |ctx| ledger::store_blobs(ctx, blobs))

@@ -16,12 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use ed25519_dalek::VerifyingKey;
-use lockstock::api::StampResult;
 use lockstock::chain::{Hash32, SignedStamp, verify_calls};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
-use crate::ledger::{self, Checked, Ledger, shutting_down};
+use crate::ledger::{self, Appended, Checked, InlineBlob, Ledger, shutting_down};
 
 /// Most signatures checked in one batch.
 const MAX_BATCH: usize = 1024;
@@ -29,12 +28,13 @@ const QUEUE: usize = 4096;
 /// Most signatures a handler checks itself rather than queue for a batch.
 const INLINE_SIGNATURES: usize = 2;
 
-type Reply = oneshot::Sender<Result<Vec<StampResult>, ApiError>>;
+type Reply = oneshot::Sender<Result<Appended, ApiError>>;
 
 struct Request {
     stamps: Vec<SignedStamp>,
     /// The bound key of each stamp's agent; `None` when unknown or not activated.
     keys: Vec<Option<VerifyingKey>>,
+    blobs: Vec<InlineBlob>,
     reply: Reply,
 }
 
@@ -69,12 +69,14 @@ impl Verifier {
         ))
     }
 
-    /// Verifies `stamps` and appends them; one answer per stamp, once durable.
+    /// Verifies `stamps` and appends them with their `blobs`; one answer per stamp, once
+    /// durable.
     pub async fn append(
         &self,
         stamps: Vec<SignedStamp>,
         keys: Vec<Option<VerifyingKey>>,
-    ) -> Result<Vec<StampResult>, ApiError> {
+        blobs: Vec<InlineBlob>,
+    ) -> Result<Appended, ApiError> {
         let signatures = stamps.iter().filter(|s| s.signature.is_some()).count();
         let alone = self.checking.fetch_add(1, Ordering::SeqCst) == 0;
         if alone && signatures <= INLINE_SIGNATURES {
@@ -83,7 +85,7 @@ impl Verifier {
             let checked = pair(stamps, &mut checks.into_iter());
             return self
                 .ledger
-                .run(move |ctx| ledger::append(ctx, checked))
+                .run(move |ctx| ledger::append(ctx, checked, blobs))
                 .await;
         }
         let (reply, rx) = oneshot::channel();
@@ -92,6 +94,7 @@ impl Verifier {
             .send(Request {
                 stamps,
                 keys,
+                blobs,
                 reply,
             })
             .await;
@@ -124,7 +127,8 @@ fn run(mut rx: mpsc::Receiver<Request>, ledger: &Ledger, checking: &AtomicUsize)
         let mut checks = check_all(&calls).into_iter();
         for r in requests.drain(..) {
             let checked = pair(r.stamps, &mut checks);
-            ledger.submit_blocking(move |ctx| ledger::append(ctx, checked), r.reply);
+            let blobs = r.blobs;
+            ledger.submit_blocking(move |ctx| ledger::append(ctx, checked, blobs), r.reply);
             checking.fetch_sub(1, Ordering::SeqCst);
         }
     }

@@ -22,6 +22,10 @@ async fn malformed_bodies_are_refused_with_a_sentence_and_nothing_is_stored() {
         s[field] = value;
         serde_json::to_vec(&serde_json::json!({ "stamps": [s] })).unwrap()
     };
+    let with_blobs = |blobs: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({ "stamps": [good], "blobs": blobs })).unwrap()
+    };
+    let blob = |seq: u64, kind: &str, data: &str| serde_json::json!({"agent_id": id, "seq": seq, "kind": kind, "data": data});
     let huge = format!(r#"{{"name":"{}"}}"#, "a".repeat(5 * 1024 * 1024)).into_bytes();
 
     // (key, method, path, body, expected status, words the message must contain)
@@ -47,6 +51,16 @@ async fn malformed_bodies_are_refused_with_a_sentence_and_nothing_is_stored() {
         ("gw", "POST", "/v1/stamps".into(), with("kind", "question".into()), 400, "expected fields and types"),
         ("gw", "POST", "/v1/stamps".into(), with("agent_id", "bob".into()), 400, "agent ids look like"),
         ("gw", "POST", "/v1/stamps".into(), huge.clone(), 413, "limit of 4 MiB"),
+        // Blobs sent with their stamps ("YmxvYg==" is the blob the stamp commits to).
+        ("gw", "POST", "/v1/stamps".into(), with_blobs("YmxvYg==".into()), 400, "expected fields and types"),
+        ("gw", "POST", "/v1/stamps".into(), with_blobs(serde_json::json!([blob(1, "request", "%%%")])), 400, "not valid base64"),
+        ("gw", "POST", "/v1/stamps".into(), with_blobs(serde_json::json!([blob(1, "request", "YmxvYg")])), 400, "not valid base64"),
+        ("gw", "POST", "/v1/stamps".into(), with_blobs(serde_json::json!([blob(2, "request", "YmxvYg==")])), 400, "no stamp in this call"),
+        ("gw", "POST", "/v1/stamps".into(), with_blobs(serde_json::json!([blob(1, "request", "b3RoZXI=")])), 400, "does not match the SHA-256"),
+        ("gw", "POST", "/v1/stamps".into(), with_blobs(serde_json::json!([blob(1, "response", "YmxvYg==")])), 400, "not a response stamp"),
+        ("gw", "POST", "/v1/stamps".into(),
+            with_blobs(serde_json::json!([blob(1, "request", "YmxvYg=="), blob(1, "request", "YmxvYg==")])),
+            400, "at most one blob per stamp"),
         ("admin", "POST", "/v1/agents".into(), huge, 413, "limit"),
         ("admin", "POST", "/v1/agents".into(), br#"{"name":"has space"}"#.to_vec(), 400, "agent names"),
         ("admin", "POST", "/v1/agents".into(), br#"{"nom":"x"}"#.to_vec(), 400, "missing field `name`"),

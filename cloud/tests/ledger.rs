@@ -514,6 +514,78 @@ async fn blobs_must_match_their_stamp() {
 }
 
 #[tokio::test]
+async fn blobs_sent_with_their_stamps_are_stored_in_the_same_call_unless_refused() {
+    let server = Server::start().await;
+    let gateway = server.gateway();
+    let admin = server.admin();
+    let mut agent = server.agent("inline").await;
+    let (asked, answered) = (
+        b"LSB1 sealed question".to_vec(),
+        b"LSB1 sealed answer".to_vec(),
+    );
+    let id = agent.id.clone();
+    let upload = |seq: u64, kind: StampKind, data: &[u8]| BlobUpload {
+        agent_id: id.clone(),
+        seq,
+        kind,
+        data: b64(data),
+    };
+
+    let mut request = agent.stamp(StampKind::Request);
+    request.blob_hash = Some(Hash32::of(&asked));
+    let request = agent.sign(request);
+    let mut response = agent.stamp(StampKind::Response);
+    response.ref_seq = 1;
+    response.blob_hash = Some(Hash32::of(&answered));
+    let response = agent.sign(response);
+    let plain = agent.request(1, 1);
+    let call = vec![request, response, plain];
+    let blobs = vec![
+        upload(2, StampKind::Response, &answered),
+        upload(1, StampKind::Request, &asked),
+    ];
+    let resp = gateway.append_with_blobs(&call, &blobs).await.unwrap();
+    assert!(resp.results.iter().all(|r| r.verdict.appended()));
+    assert_eq!(resp.blobs_stored, Some(2));
+    assert_eq!(admin.blob(&agent.id, 1).await.unwrap().unwrap(), asked);
+    assert_eq!(admin.blob(&agent.id, 2).await.unwrap().unwrap(), answered);
+    let page = admin.stamps(&agent.id, 0, 10).await.unwrap();
+    let has_blob: Vec<bool> = page.stamps.iter().map(|s| s.has_blob).collect();
+    assert_eq!(has_blob, [true, true, false]);
+
+    // A retry of the whole call is answered as before and stores nothing twice.
+    let again = gateway.append_with_blobs(&call, &blobs).await.unwrap();
+    assert!(again.results.iter().all(|r| r.duplicate));
+    assert_eq!(admin.blob(&agent.id, 1).await.unwrap().unwrap(), asked);
+
+    // A call without blobs says so (a gateway tells this control plane from an older one).
+    assert_eq!(
+        gateway
+            .append(&[agent.request(1, 1)])
+            .await
+            .unwrap()
+            .blobs_stored,
+        Some(0)
+    );
+
+    // A refused stamp's blob is dropped: nothing in the chain commits to it.
+    let mut gap = agent.stamp(StampKind::Request);
+    gap.seq += 1;
+    gap.blob_hash = Some(Hash32::of(&asked));
+    let seq = gap.seq;
+    let resp = gateway
+        .append_with_blobs(
+            &[gap.sign(&agent.key)],
+            &[upload(seq, StampKind::Request, &asked)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.results[0].verdict, Verdict::Fork);
+    assert_eq!(resp.blobs_stored, Some(0));
+    assert_eq!(admin.blob(&agent.id, seq).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn wrapped_keys_are_never_overwritten_and_rotation_never_strands_a_blob() {
     let server = Server::start().await;
     let gateway = server.gateway();
