@@ -13,6 +13,8 @@
 //! control plane answers (it recognises a retry as a duplicate and repeats its verdict).
 //! Request waiters are told at once that the control plane is unreachable, and a
 //! "not forwarded" response stamp is queued to settle whatever the request may have reserved.
+//! Only a batch the control plane refuses outright (a 4xx that is not about the gateway's key)
+//! is given up, since the same bytes would be refused forever.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,12 +23,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
+use http::StatusCode;
 use tokio::sync::{Notify, oneshot};
 
 use crate::AgentId;
 use crate::api::{BlobUpload, Verdict, WrappedKey};
 use crate::chain::{Hash32, Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, flags, sign_batch};
-use crate::client::ControlPlane;
+use crate::client::{ClientError, ControlPlane};
 use crate::seal::{AccountPublicKey, Dek};
 use crate::sealer::Uploads;
 
@@ -259,6 +262,22 @@ struct Sender {
     backoff: Duration,
 }
 
+/// True when the control plane answered an append with an error that the same bytes would
+/// get again. An unknown or revoked gateway key is not one: an operator can fix it on the
+/// control plane while the gateway holds on to its stamps.
+fn refused_for_good(e: &ClientError) -> bool {
+    e.status().is_some_and(|s| {
+        s.is_client_error()
+            && !matches!(
+                s,
+                StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+                    | StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+            )
+    })
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -487,6 +506,18 @@ impl Sender {
         let resp = loop {
             match self.cp.append_with_blobs(&stamps, &inline).await {
                 Ok(resp) => break resp,
+                Err(e) if refused_for_good(&e) && !inline.is_empty() => {
+                    // Perhaps only the size of the call (a proxy's body limit): the stamps go
+                    // alone, their transcripts follow through the uploader.
+                    tracing::warn!(agent = %self.chain.agent, error = %e, "the control plane refused stamps sent with their transcripts; sending the stamps alone");
+                    for (blob, i) in inline.drain(..).zip(inline_of.drain(..)) {
+                        built[i].blob = Some(blob);
+                    }
+                }
+                Err(e) if refused_for_good(&e) => {
+                    self.drop_refused(built, &e);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(agent = %self.chain.agent, error = %e, stamps = stamps.len(), "stamp delivery failed; retrying");
                     self.grow_backoff();
@@ -542,6 +573,32 @@ impl Sender {
             }
         }
         self.chain.outstanding.done(resp.results.len());
+    }
+
+    /// Gives up a batch the control plane refuses and would refuse again, byte for byte: none
+    /// of it is in the ledger, so its request waiters are refused (nothing was reserved for
+    /// them), response stamps queued to settle its requests are withdrawn (their seqs will be
+    /// reused), and the chain resumes from the ledger's head. Retrying instead would stop
+    /// every request of this agent until the gateway restarts.
+    fn drop_refused(&mut self, built: Vec<Built>, e: &ClientError) {
+        let seqs = built.first().map_or(0, |b| b.signed.stamp.seq)
+            ..=built.last().map_or(0, |b| b.signed.stamp.seq);
+        tracing::error!(agent = %self.chain.agent, error = %e, first_seq = seqs.start(), last_seq = seqs.end(), "the control plane refuses these stamps; they are dropped and the chain resumes from the ledger's head");
+        let dropped = built.len();
+        for b in built {
+            if let Some(reply) = b.reply {
+                let _ = reply.send(Err(StampFailure::Unavailable));
+            }
+        }
+        let withdrawn = {
+            let mut q = self.chain.queue.lock().expect("stamp queue poisoned");
+            let before = q.len();
+            q.retain(|p| !(p.draft.kind == StampKind::Response && seqs.contains(&p.draft.ref_seq)));
+            before - q.len()
+        };
+        self.chain.outstanding.done(dropped + withdrawn);
+        self.head = None;
+        self.up();
     }
 
     /// Tells request waiters the control plane is unreachable; their stamps stay in the

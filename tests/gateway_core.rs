@@ -953,12 +953,45 @@ async fn a_backlog_of_thousands_of_blobs_ships_in_calls_the_control_plane_accept
 #[tokio::test]
 async fn blobs_reach_a_control_plane_that_predates_blobs_travelling_with_stamps() {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = Cloud::start(dir.path()).await;
+    let (cloud, agent, dropped) = sealed_chats_behind(dir.path(), Relay::Older).await;
+    assert!(
+        dropped > 0,
+        "the gateway sent blobs with its stamps, and the older control plane ignored them"
+    );
+    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    assert_eq!(page.stamps.len(), 6);
+    assert!(
+        page.stamps.iter().all(|s| s.has_blob),
+        "every blob was uploaded on its own instead"
+    );
+}
+
+#[tokio::test]
+async fn transcripts_refused_with_their_stamps_follow_them_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, agent, refused) = sealed_chats_behind(dir.path(), Relay::NoBlobs).await;
+    assert!(refused > 0, "the gateway sent blobs with its stamps");
+    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    assert_eq!(page.stamps.len(), 6);
+    assert!(
+        page.stamps.iter().all(|s| s.has_blob),
+        "every blob was uploaded on its own"
+    );
+}
+
+/// Sends three chat completions, each answered 200, through a gateway that seals transcripts
+/// and reaches its control plane through `relay`; returns the control plane (stopped gateway),
+/// the agent and the relay's count.
+async fn sealed_chats_behind(
+    dir: &std::path::Path,
+    relay: Relay,
+) -> (Cloud, lockstock::AgentId, usize) {
+    let cloud = Cloud::start(dir).await;
     let upstream = Upstream::start().await;
     let seed = seed();
-    let agent = cloud.agent(&seed, "upgraded-first").await;
+    let agent = cloud.agent(&seed, "behind-a-relay").await;
     let account = lockstock::seal::AccountKey::generate();
-    let (old_url, dropped) = older_control_plane(cloud.url.clone()).await;
+    let (url, count) = relay_control_plane(cloud.url.clone(), relay).await;
     let mut cfg = gateway_config(
         &cloud,
         &upstream.url(),
@@ -966,7 +999,7 @@ async fn blobs_reach_a_control_plane_that_predates_blobs_travelling_with_stamps(
         &[&agent],
         Some(account.public_key()),
     );
-    cfg.control_plane_url = old_url;
+    cfg.control_plane_url = url;
     let mut gw = Gateway::start(cfg).await;
     for _ in 0..3 {
         let r = Http::default()
@@ -979,39 +1012,110 @@ async fn blobs_reach_a_control_plane_that_predates_blobs_travelling_with_stamps(
         assert_eq!(r.status, 200, "{}", r.text());
     }
     gw.stop().await;
-
-    assert!(
-        dropped.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "the gateway sent blobs with its stamps, and the older control plane ignored them"
-    );
-    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
-    assert_eq!(page.stamps.len(), 6);
-    assert!(
-        page.stamps.iter().all(|s| s.has_blob),
-        "every blob was uploaded on its own instead"
-    );
+    let count = count.load(std::sync::atomic::Ordering::SeqCst);
+    (cloud, agent, count)
 }
 
-/// A relay to the control plane at `target` that behaves like one from before blobs travelled
-/// with stamps: it drops `blobs` from appends and leaves `blobs_stored` out of the answers.
-/// Counts the blobs it dropped.
-async fn older_control_plane(
+#[tokio::test]
+async fn a_batch_the_control_plane_refuses_is_dropped_and_the_chain_goes_on_from_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(dir.path()).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let agent = cloud.agent(&seed, "refused-once").await;
+    let (url, refused) = relay_control_plane(cloud.url.clone(), Relay::RefuseFirst).await;
+    let mut cfg = gateway_config(&cloud, &upstream.url(), &seed, &[&agent], None);
+    cfg.control_plane_url = url;
+    let mut gw = Gateway::start(cfg).await;
+    let send = || async {
+        Http::default()
+            .post(
+                &format!("{}/v1/chat/completions", gw.url),
+                &[("x-d3cipher-agent", agent.as_str())],
+                OPENAI_CHAT.as_bytes(),
+            )
+            .await
+    };
+    let first = send().await;
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(
+        upstream.requests().len(),
+        0,
+        "a request without a recorded stamp is not forwarded"
+    );
+    for _ in 0..3 {
+        let r = send().await;
+        assert_eq!(
+            r.status,
+            200,
+            "the agent is not stuck behind the refused batch: {}",
+            r.text()
+        );
+    }
+    gw.stop().await;
+
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    let seqs: Vec<u64> = page.stamps.iter().map(|s| s.signed.stamp.seq).collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4, 5, 6],
+        "the refused seqs were reused, nothing else"
+    );
+    for pair in page.stamps.chunks(2) {
+        assert_eq!(pair[0].signed.stamp.kind, StampKind::Request);
+        assert_eq!(pair[1].signed.stamp.kind, StampKind::Response);
+        assert_eq!(pair[1].signed.stamp.ref_seq, pair[0].signed.stamp.seq);
+        assert_eq!(pair[1].signed.stamp.flags & flags::NOT_FORWARDED, 0);
+    }
+    let info = cloud.admin().agent(&agent).await.unwrap();
+    assert_eq!(info.seq, 6);
+}
+
+/// What a relay in front of the control plane does to appends (`POST /v1/stamps`).
+#[derive(Clone, Copy, PartialEq)]
+enum Relay {
+    /// Behaves like a control plane from before blobs travelled with stamps: drops `blobs`
+    /// from appends and `blobs_stored` from the answers. Counts the blobs it dropped.
+    Older,
+    /// Behaves like a proxy with a small body limit: 413 to every append that carries blobs.
+    /// Counts the appends it refused.
+    NoBlobs,
+    /// Answers the first append with 400, and the same bytes again whenever they come back, as
+    /// a control plane does to a call it cannot accept; forwards the rest. Counts the appends
+    /// it refused.
+    RefuseFirst,
+}
+
+/// Starts a relay to the control plane at `target`; returns its URL and its count.
+async fn relay_control_plane(
     target: String,
+    relay: Relay,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = dropped.clone();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
     let http = std::sync::Arc::new(Http::default());
+    let refused_body = std::sync::Arc::new(std::sync::OnceLock::<Vec<u8>>::new());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (target, counter, http) = (target.clone(), counter.clone(), http.clone());
+            let (target, counter, http, refused_body) = (
+                target.clone(),
+                counter.clone(),
+                http.clone(),
+                refused_body.clone(),
+            );
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (target, counter, http) =
-                            (target.clone(), counter.clone(), http.clone());
+                        let (target, counter, http, refused_body) = (
+                            target.clone(),
+                            counter.clone(),
+                            http.clone(),
+                            refused_body.clone(),
+                        );
                         async move {
                             let (parts, body) = req.into_parts();
                             let mut body = http_body_util::BodyExt::collect(body)
@@ -1022,16 +1126,42 @@ async fn older_control_plane(
                             let path = parts.uri.path().to_owned();
                             let appending =
                                 parts.method == http::Method::POST && path == "/v1/stamps";
+                            let answer = |status: u16, message: &str| {
+                                let body = serde_json::json!({"error": {"message": message}});
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(status)
+                                        .header(http::header::CONTENT_TYPE, "application/json")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                                            body.to_string(),
+                                        )))
+                                        .unwrap(),
+                                )
+                            };
                             if appending {
                                 let mut v: serde_json::Value =
                                     serde_json::from_slice(&body).unwrap();
-                                if let Some(blobs) = v.as_object_mut().unwrap().remove("blobs") {
-                                    counter.fetch_add(
-                                        blobs.as_array().unwrap().len(),
-                                        Ordering::SeqCst,
-                                    );
+                                let blobs = v.get("blobs").and_then(|b| b.as_array()).map(Vec::len);
+                                match relay {
+                                    Relay::Older => {
+                                        if let Some(n) = blobs {
+                                            v.as_object_mut().unwrap().remove("blobs");
+                                            counter.fetch_add(n, Ordering::SeqCst);
+                                        }
+                                        body = serde_json::to_vec(&v).unwrap();
+                                    }
+                                    Relay::NoBlobs if blobs.is_some() => {
+                                        counter.fetch_add(1, Ordering::SeqCst);
+                                        return answer(413, "request body too large");
+                                    }
+                                    Relay::RefuseFirst
+                                        if *refused_body.get_or_init(|| body.clone()) == body =>
+                                    {
+                                        counter.fetch_add(1, Ordering::SeqCst);
+                                        return answer(400, "this call cannot be accepted");
+                                    }
+                                    _ => {}
                                 }
-                                body = serde_json::to_vec(&v).unwrap();
                             }
                             let headers: Vec<(String, String)> = parts
                                 .headers
@@ -1056,7 +1186,7 @@ async fn older_control_plane(
                                 )
                                 .await;
                             let mut out = reply.body.to_vec();
-                            if appending && reply.status == 200 {
+                            if appending && relay == Relay::Older && reply.status == 200 {
                                 let mut v: serde_json::Value =
                                     serde_json::from_slice(&out).unwrap();
                                 v.as_object_mut().unwrap().remove("blobs_stored");
@@ -1078,7 +1208,7 @@ async fn older_control_plane(
             });
         }
     });
-    (url, dropped)
+    (url, count)
 }
 
 /// A TCP relay to `target` that counts how often `needle` (a request line) passes from the
