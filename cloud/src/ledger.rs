@@ -719,23 +719,24 @@ pub(crate) fn append(
     stamps: Vec<Checked>,
     blobs: Vec<InlineBlob>,
 ) -> Result<Appended, JobError> {
-    let mut rows = Vec::with_capacity(blobs.len());
-    for b in &blobs {
-        rows.push(
+    // Where each blob goes, read before the stamps are consumed.
+    let targets: Vec<Option<(i64, u64)>> = blobs
+        .iter()
+        .map(|b| {
+            let stamp = &stamps[b.stamp].signed.stamp;
             ctx.state
                 .agents
-                .get(&stamps[b.stamp].signed.stamp.agent_id)
-                .map(|a| a.row),
-        );
-    }
-    let seqs: Vec<u64> = stamps.iter().map(|c| c.signed.stamp.seq).collect();
+                .get(&stamp.agent_id)
+                .map(|a| (a.row, stamp.seq))
+        })
+        .collect();
     let mut results = Vec::with_capacity(stamps.len());
     for c in stamps {
         results.push(append_one(ctx, c)?);
     }
-    let kept = blobs.iter().zip(rows).filter_map(|(b, row)| {
-        let row = row.filter(|_| results[b.stamp].verdict.appended())?;
-        Some((row, seqs[b.stamp], b.data.as_slice()))
+    let kept = blobs.iter().zip(targets).filter_map(|(b, target)| {
+        let (row, seq) = target.filter(|_| results[b.stamp].verdict.appended())?;
+        Some((row, seq, b.data.as_slice()))
     });
     let blobs_stored = insert_blobs(ctx, kept)?;
     Ok(Appended {
