@@ -7,14 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::AgentId;
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+/// Upper bounds of the latency histograms, in seconds.
+const BUCKETS: [f64; 15] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
 /// Why the gateway refused a request.
@@ -62,18 +63,59 @@ impl Rejection {
     }
 }
 
+/// A histogram of durations over [`BUCKETS`].
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of `agent`'s series; none before the first
+    /// observation.
+    fn render(&self, w: &mut String, name: &str, agent: &str) {
+        let count = self.count.load(Relaxed);
+        if count == 0 {
+            return;
+        }
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(
+                w,
+                "{name}_bucket{{agent=\"{agent}\",le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(w, "{name}_bucket{{agent=\"{agent}\",le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(w, "{name}_sum{{agent=\"{agent}\"}} {sum}");
+        let _ = writeln!(w, "{name}_count{{agent=\"{agent}\"}} {count}");
+    }
+}
+
 /// Every series of one agent.
 pub struct AgentMetrics {
     /// Requests by HTTP status returned to the client (index = status code).
     by_status: Box<[AtomicU64; 600]>,
     rejections: [AtomicU64; Rejection::ALL.len()],
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    latency: Histogram,
     tokens_in: AtomicU64,
     tokens_out: AtomicU64,
     /// -1: unlimited or not yet known.
     budget_remaining: AtomicI64,
+    /// Round trips of this agent's stamp batches to the control plane.
+    stamp_calls: Histogram,
+    stamps_delivered: AtomicU64,
 }
 
 impl Default for AgentMetrics {
@@ -81,12 +123,12 @@ impl Default for AgentMetrics {
         Self {
             by_status: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             rejections: Default::default(),
-            latency_buckets: Default::default(),
-            latency_count: AtomicU64::new(0),
-            latency_sum_us: AtomicU64::new(0),
+            latency: Histogram::default(),
             tokens_in: AtomicU64::new(0),
             tokens_out: AtomicU64::new(0),
             budget_remaining: AtomicI64::new(-1),
+            stamp_calls: Histogram::default(),
+            stamps_delivered: AtomicU64::new(0),
         }
     }
 }
@@ -97,13 +139,13 @@ impl AgentMetrics {
         if let Some(c) = self.by_status.get(usize::from(status)) {
             c.fetch_add(1, Relaxed);
         }
-        let secs = latency.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.latency_buckets[i].fetch_add(1, Relaxed);
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add(latency.as_micros() as u64, Relaxed);
+        self.latency.observe(latency);
+    }
+
+    /// The control plane answered a batch of `stamps` after `took`.
+    pub fn stamp_call(&self, stamps: usize, took: Duration) {
+        self.stamp_calls.observe(took);
+        self.stamps_delivered.fetch_add(stamps as u64, Relaxed);
     }
 
     pub fn rejected(&self, why: Rejection) {
@@ -127,8 +169,8 @@ impl AgentMetrics {
 
 /// The gateway's metrics registry.
 pub struct Metrics {
-    agents: BTreeMap<String, AgentMetrics>,
-    unregistered: AgentMetrics,
+    agents: BTreeMap<String, Arc<AgentMetrics>>,
+    unregistered: Arc<AgentMetrics>,
 }
 
 const UNREGISTERED: &str = "unregistered";
@@ -138,24 +180,31 @@ impl Metrics {
         Self {
             agents: agents
                 .into_iter()
-                .map(|a| (a.as_str().to_owned(), AgentMetrics::default()))
+                .map(|a| (a.as_str().to_owned(), Arc::default()))
                 .collect(),
-            unregistered: AgentMetrics::default(),
+            unregistered: Arc::default(),
         }
     }
 
     /// The series of `agent`, or the shared `unregistered` ones.
     pub fn agent(&self, agent: Option<&AgentId>) -> &AgentMetrics {
+        self.shared(agent)
+    }
+
+    /// The same, as a handle a task can keep (the one that writes the agent's chain).
+    pub fn shared(&self, agent: Option<&AgentId>) -> &Arc<AgentMetrics> {
         agent
             .and_then(|a| self.agents.get(a.as_str()))
             .unwrap_or(&self.unregistered)
     }
 
+    fn registered(&self) -> impl Iterator<Item = (&str, &AgentMetrics)> {
+        self.agents.iter().map(|(k, v)| (k.as_str(), &**v))
+    }
+
     fn all(&self) -> impl Iterator<Item = (&str, &AgentMetrics)> {
-        self.agents
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .chain(std::iter::once((UNREGISTERED, &self.unregistered)))
+        self.registered()
+            .chain(std::iter::once((UNREGISTERED, &*self.unregistered)))
     }
 
     /// The exposition text, with `# HELP` and `# TYPE` for every family.
@@ -202,46 +251,19 @@ impl Metrics {
                 }
             }
         }
-        family(
+        histograms(
             w,
             "lockstock_gateway_request_duration_seconds",
-            "histogram",
             "Time from request received to response headers sent.",
+            self.all().map(|(agent, m)| (agent, &m.latency)),
         );
-        for (agent, m) in self.all() {
-            let count = m.latency_count.load(Relaxed);
-            if count == 0 {
-                continue;
-            }
-            let mut cumulative = 0;
-            for (b, c) in BUCKETS.iter().zip(&m.latency_buckets) {
-                cumulative += c.load(Relaxed);
-                let _ = writeln!(
-                    w,
-                    "lockstock_gateway_request_duration_seconds_bucket{{agent=\"{agent}\",le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                w,
-                "lockstock_gateway_request_duration_seconds_bucket{{agent=\"{agent}\",le=\"+Inf\"}} {count}"
-            );
-            let sum = m.latency_sum_us.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                w,
-                "lockstock_gateway_request_duration_seconds_sum{{agent=\"{agent}\"}} {sum}"
-            );
-            let _ = writeln!(
-                w,
-                "lockstock_gateway_request_duration_seconds_count{{agent=\"{agent}\"}} {count}"
-            );
-        }
         family(
             w,
             "lockstock_gateway_tokens_total",
             "counter",
             "Tokens counted in provider responses, by agent and direction.",
         );
-        for (agent, m) in self.agents.iter().map(|(k, v)| (k.as_str(), v)) {
+        for (agent, m) in self.registered() {
             let _ = writeln!(
                 w,
                 "lockstock_gateway_tokens_total{{agent=\"{agent}\",direction=\"input\"}} {}",
@@ -259,7 +281,7 @@ impl Metrics {
             "gauge",
             "Tokens the agent may still spend, as of its last verdict (absent when unlimited).",
         );
-        for (agent, m) in self.agents.iter().map(|(k, v)| (k.as_str(), v)) {
+        for (agent, m) in self.registered() {
             let v = m.budget_remaining.load(Relaxed);
             if v >= 0 {
                 let _ = writeln!(
@@ -279,6 +301,25 @@ impl Metrics {
             "lockstock_gateway_control_plane_up {}",
             u8::from(control_plane_up)
         );
+        histograms(
+            w,
+            "lockstock_gateway_stamp_call_duration_seconds",
+            "Round trip of one batch of stamps to the control plane, durable commit included.",
+            self.registered().map(|(agent, m)| (agent, &m.stamp_calls)),
+        );
+        family(
+            w,
+            "lockstock_gateway_stamps_delivered_total",
+            "counter",
+            "Stamps the control plane has answered; over the calls' count, stamps per batch.",
+        );
+        for (agent, m) in self.registered() {
+            let _ = writeln!(
+                w,
+                "lockstock_gateway_stamps_delivered_total{{agent=\"{agent}\"}} {}",
+                m.stamps_delivered.load(Relaxed)
+            );
+        }
         family(
             w,
             "lockstock_gateway_stamps_pending",
@@ -305,6 +346,18 @@ fn family(w: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(w, "# TYPE {name} {kind}");
 }
 
+fn histograms<'a>(
+    w: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, &'a Histogram)>,
+) {
+    family(w, name, "histogram", help);
+    for (agent, h) in series {
+        h.render(w, name, agent);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +380,7 @@ mod tests {
         ));
         assert!(text.contains("reason=\"budget\"} 1"));
         assert!(text.contains("agent=\"unregistered\",reason=\"missing_agent\"} 1"));
+        assert!(text.contains("le=\"0.00025\"} 1"));
         assert!(text.contains("le=\"0.0005\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 3"));
         assert!(text.contains("direction=\"output\"} 5"));
@@ -334,6 +388,37 @@ mod tests {
             text.contains(
                 "lockstock_gateway_budget_remaining_tokens{agent=\"agent_0000000a_a\"} 42"
             )
+        );
+    }
+
+    #[test]
+    fn stamp_calls_show_their_round_trips_and_how_many_stamps_they_carried() {
+        let a: AgentId = "agent_0000000a_a".parse().unwrap();
+        let m = Metrics::new([&a]);
+        let before = m.render(true, 0, 0);
+        assert!(!before.contains("lockstock_gateway_stamp_call_duration_seconds_count"));
+        assert!(
+            before
+                .contains("lockstock_gateway_stamps_delivered_total{agent=\"agent_0000000a_a\"} 0")
+        );
+        let shared = m.shared(Some(&a)).clone();
+        shared.stamp_call(16, Duration::from_micros(900));
+        shared.stamp_call(2, Duration::from_millis(30));
+        let text = m.render(true, 0, 0);
+        for line in [
+            "lockstock_gateway_stamp_call_duration_seconds_bucket{agent=\"agent_0000000a_a\",le=\"0.0005\"} 0",
+            "lockstock_gateway_stamp_call_duration_seconds_bucket{agent=\"agent_0000000a_a\",le=\"0.001\"} 1",
+            "lockstock_gateway_stamp_call_duration_seconds_bucket{agent=\"agent_0000000a_a\",le=\"0.05\"} 2",
+            "lockstock_gateway_stamp_call_duration_seconds_bucket{agent=\"agent_0000000a_a\",le=\"+Inf\"} 2",
+            "lockstock_gateway_stamp_call_duration_seconds_sum{agent=\"agent_0000000a_a\"} 0.0309",
+            "lockstock_gateway_stamp_call_duration_seconds_count{agent=\"agent_0000000a_a\"} 2",
+            "lockstock_gateway_stamps_delivered_total{agent=\"agent_0000000a_a\"} 18",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("stamps_delivered_total{agent=\"unregistered\"}"),
+            "only registered agents write chains"
         );
     }
 }

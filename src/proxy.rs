@@ -106,12 +106,13 @@ impl Gateway {
         let uploads = config
             .account
             .map(|_| Uploads::start(cp.clone(), config.spool_dir.clone()));
-        let keys = config
-            .agents
-            .iter()
-            .map(|a| (a.clone(), crate::agent::signing_key(&config.seed, a)));
+        let metrics = Metrics::new(&config.agents);
+        let chains = config.agents.iter().map(|a| {
+            let key = crate::agent::signing_key(&config.seed, a);
+            (a.clone(), key, metrics.shared(Some(a)).clone())
+        });
         let stamper = Stamper::start(
-            keys,
+            chains,
             cp.clone(),
             uploads.clone(),
             StamperConfig {
@@ -136,7 +137,7 @@ impl Gateway {
             .map(|k| secret_header(k.expose_secret().to_owned(), crate::env::ANTHROPIC_API_KEY))
             .transpose()?;
         Ok(Arc::new(Self {
-            metrics: Metrics::new(&config.agents),
+            metrics,
             upstream: config.upstream,
             provider: config.provider,
             default_agent: config.default_agent,

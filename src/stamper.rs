@@ -30,6 +30,7 @@ use crate::AgentId;
 use crate::api::{BlobUpload, Verdict, WrappedKey};
 use crate::chain::{Hash32, Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, flags, sign_batch};
 use crate::client::{ClientError, ControlPlane};
+use crate::metrics::AgentMetrics;
 use crate::seal::{AccountPublicKey, Dek};
 use crate::sealer::Uploads;
 
@@ -100,6 +101,7 @@ pub struct Chain {
     down: AtomicBool,
     outstanding: Arc<Outstanding>,
     verdict_timeout: Duration,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// Counts drafts not yet delivered, so shutdown can wait for them.
@@ -191,16 +193,16 @@ pub struct Stamper {
 }
 
 impl Stamper {
-    /// Starts one sender task per agent.
+    /// Starts one sender task per agent; each records its calls in the agent's metrics.
     pub fn start(
-        agents: impl IntoIterator<Item = (AgentId, SigningKey)>,
+        agents: impl IntoIterator<Item = (AgentId, SigningKey, Arc<AgentMetrics>)>,
         cp: ControlPlane,
         uploads: Option<Uploads>,
         config: StamperConfig,
     ) -> Self {
         let outstanding = Arc::new(Outstanding::default());
         let mut chains = HashMap::new();
-        for (agent, key) in agents {
+        for (agent, key, metrics) in agents {
             let chain = Arc::new(Chain {
                 agent: agent.clone(),
                 key,
@@ -209,6 +211,7 @@ impl Stamper {
                 down: AtomicBool::new(false),
                 outstanding: outstanding.clone(),
                 verdict_timeout: config.verdict_timeout,
+                metrics,
             });
             let sender = Sender {
                 chain: chain.clone(),
@@ -504,8 +507,12 @@ impl Sender {
             }
         }
         let resp = loop {
+            let sent = Instant::now();
             match self.cp.append_with_blobs(&stamps, &inline).await {
-                Ok(resp) => break resp,
+                Ok(resp) => {
+                    self.chain.metrics.stamp_call(stamps.len(), sent.elapsed());
+                    break resp;
+                }
                 Err(e) if refused_for_good(&e) && !inline.is_empty() => {
                     // Perhaps only the size of the call (a proxy's body limit): the stamps go
                     // alone, their transcripts follow through the uploader.

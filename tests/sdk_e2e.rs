@@ -395,6 +395,30 @@ async fn sdk_traffic_matches_the_recordings_and_every_response_is_stamped_with_i
         ),
         (expected_tokens.len() + 2) as f64
     );
+    // Every stamp in the ledger went through a counted call; the gateway counts a call once
+    // its answer is back, a moment after the ledger committed it.
+    let metrics_url = format!("{}/metrics", w.gw.url);
+    let metric = |name: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            let text = Http::default().get(&url).await.text();
+            prometheus_samples(&text)
+                .iter()
+                .filter(|(n, l, _)| n == name && l["agent"] == agent)
+                .map(|(_, _, v)| *v)
+                .sum::<f64>()
+        }
+    };
+    eventually(10, "every stamp counted as delivered", || async {
+        metric("lockstock_gateway_stamps_delivered_total").await == stamps.len() as f64
+    })
+    .await;
+    let calls = metric("lockstock_gateway_stamp_call_duration_seconds_count").await;
+    assert!(
+        (1.0..=stamps.len() as f64).contains(&calls),
+        "{calls} calls for {} stamps",
+        stamps.len()
+    );
 }
 
 fn vault_seed(sb: &Sandbox) -> lockstock::secret::SecretKey32 {
