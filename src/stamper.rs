@@ -90,6 +90,8 @@ pub struct StamperConfig {
 struct Pending {
     draft: Draft,
     reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>,
+    /// Already in a batch the control plane refused for good: not sent again after another.
+    requeued: bool,
 }
 
 /// One agent's chain writer.
@@ -161,7 +163,11 @@ impl Chain {
         self.queue
             .lock()
             .expect("stamp queue poisoned")
-            .push_back(Pending { draft, reply });
+            .push_back(Pending {
+                draft,
+                reply,
+                requeued: false,
+            });
         self.wake.notify_one();
     }
 
@@ -248,6 +254,9 @@ struct Built {
     signed: SignedStamp,
     blob: Option<BlobUpload>,
     reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>,
+    /// A response stamp's draft, kept to go again should its batch be refused for good: its
+    /// request was forwarded, so its tokens and transcript must still reach the ledger.
+    again: Option<Draft>,
 }
 
 struct CurrentDek {
@@ -414,6 +423,8 @@ impl Sender {
                     data: base64::engine::general_purpose::STANDARD.encode(b),
                 }
             });
+            let again =
+                (p.draft.kind == StampKind::Response && !p.requeued).then(|| p.draft.clone());
             let stamp = Stamp {
                 version: STAMP_VERSION,
                 agent_id: self.chain.agent.clone(),
@@ -434,15 +445,16 @@ impl Sender {
                 hash: stamp.hash(),
             };
             stamps.push(stamp);
-            rest.push((blob, p.reply));
+            rest.push((blob, p.reply, again));
         }
         let built = sign_batch(stamps, &self.chain.key)
             .into_iter()
             .zip(rest)
-            .map(|(signed, (blob, reply))| Built {
+            .map(|(signed, (blob, reply, again))| Built {
                 signed,
                 blob,
                 reply,
+                again,
             })
             .collect();
         (built, head)
@@ -585,25 +597,37 @@ impl Sender {
     /// Gives up a batch the control plane refuses and would refuse again, byte for byte: none
     /// of it is in the ledger, so its request waiters are refused (nothing was reserved for
     /// them), response stamps queued to settle its requests are withdrawn (their seqs will be
-    /// reused), and the chain resumes from the ledger's head. Retrying instead would stop
-    /// every request of this agent until the gateway restarts.
+    /// reused), and the chain resumes from the ledger's head. Its own response stamps settle
+    /// requests that were forwarded: they go again, once, at the front of the queue. Retrying
+    /// the batch instead would stop every request of this agent until the gateway restarts.
     fn drop_refused(&mut self, built: Vec<Built>, e: &ClientError) {
         let seqs = built.first().map_or(0, |b| b.signed.stamp.seq)
             ..=built.last().map_or(0, |b| b.signed.stamp.seq);
-        tracing::error!(agent = %self.chain.agent, error = %e, first_seq = seqs.start(), last_seq = seqs.end(), "the control plane refuses these stamps; they are dropped and the chain resumes from the ledger's head");
+        let mut again = Vec::new();
         let dropped = built.len();
         for b in built {
             if let Some(reply) = b.reply {
                 let _ = reply.send(Err(StampFailure::Unavailable));
             }
+            again.extend(b.again.filter(|d| !seqs.contains(&d.ref_seq)));
         }
+        tracing::error!(agent = %self.chain.agent, error = %e, first_seq = seqs.start(), last_seq = seqs.end(), response_stamps_sent_again = again.len(), "the control plane refuses these stamps; they are dropped and the chain resumes from the ledger's head");
+        let requeued = again.len();
         let withdrawn = {
             let mut q = self.chain.queue.lock().expect("stamp queue poisoned");
             let before = q.len();
             q.retain(|p| !(p.draft.kind == StampKind::Response && seqs.contains(&p.draft.ref_seq)));
-            before - q.len()
+            let withdrawn = before - q.len();
+            for draft in again.into_iter().rev() {
+                q.push_front(Pending {
+                    draft,
+                    reply: None,
+                    requeued: true,
+                });
+            }
+            withdrawn
         };
-        self.chain.outstanding.done(dropped + withdrawn);
+        self.chain.outstanding.done(dropped - requeued + withdrawn);
         self.head = None;
         self.up();
     }

@@ -953,12 +953,13 @@ async fn a_backlog_of_thousands_of_blobs_ships_in_calls_the_control_plane_accept
 #[tokio::test]
 async fn blobs_reach_a_control_plane_that_predates_blobs_travelling_with_stamps() {
     let dir = tempfile::tempdir().unwrap();
-    let (cloud, agent, dropped) = sealed_chats_behind(dir.path(), Relay::Older).await;
+    let w = chats_behind(dir.path(), Relay::Older, true, 3).await;
+    assert_eq!(w.statuses, [200; 3]);
     assert!(
-        dropped > 0,
+        w.count > 0,
         "the gateway sent blobs with its stamps, and the older control plane ignored them"
     );
-    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    let page = w.cloud.admin().stamps(&w.agent, 0, 10).await.unwrap();
     assert_eq!(page.stamps.len(), 6);
     assert!(
         page.stamps.iter().all(|s| s.has_blob),
@@ -969,9 +970,10 @@ async fn blobs_reach_a_control_plane_that_predates_blobs_travelling_with_stamps(
 #[tokio::test]
 async fn transcripts_refused_with_their_stamps_follow_them_on_their_own() {
     let dir = tempfile::tempdir().unwrap();
-    let (cloud, agent, refused) = sealed_chats_behind(dir.path(), Relay::NoBlobs).await;
-    assert!(refused > 0, "the gateway sent blobs with its stamps");
-    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    let w = chats_behind(dir.path(), Relay::NoBlobs, true, 3).await;
+    assert_eq!(w.statuses, [200; 3]);
+    assert!(w.count > 0, "the gateway sent blobs with its stamps");
+    let page = w.cloud.admin().stamps(&w.agent, 0, 10).await.unwrap();
     assert_eq!(page.stamps.len(), 6);
     assert!(
         page.stamps.iter().all(|s| s.has_blob),
@@ -979,17 +981,30 @@ async fn transcripts_refused_with_their_stamps_follow_them_on_their_own() {
     );
 }
 
-/// Sends three chat completions, each answered 200, through a gateway that seals transcripts
-/// and reaches its control plane through `relay`; returns the control plane (stopped gateway),
-/// the agent and the relay's count.
-async fn sealed_chats_behind(
-    dir: &std::path::Path,
-    relay: Relay,
-) -> (Cloud, lockstock::AgentId, usize) {
+/// A gateway's chats through a relay in front of its control plane, once the gateway stopped.
+struct Behind {
+    cloud: Cloud,
+    upstream: Upstream,
+    agent: lockstock::AgentId,
+    /// Of each chat completion, in order.
+    statuses: Vec<u16>,
+    /// The relay's count.
+    count: usize,
+}
+
+/// Sends `chats` chat completions one after another through a gateway (sealing transcripts
+/// when `sealed`) that reaches its control plane through `relay`; the agent has a budget, so
+/// every request reserves tokens and every response settles them.
+async fn chats_behind(dir: &std::path::Path, relay: Relay, sealed: bool, chats: usize) -> Behind {
     let cloud = Cloud::start(dir).await;
     let upstream = Upstream::start().await;
     let seed = seed();
     let agent = cloud.agent(&seed, "behind-a-relay").await;
+    cloud
+        .admin()
+        .set_budget(&agent, Some(1_000_000))
+        .await
+        .unwrap();
     let account = lockstock::seal::AccountKey::generate();
     let (url, count) = relay_control_plane(cloud.url.clone(), relay).await;
     let mut cfg = gateway_config(
@@ -997,11 +1012,12 @@ async fn sealed_chats_behind(
         &upstream.url(),
         &seed,
         &[&agent],
-        Some(account.public_key()),
+        sealed.then(|| account.public_key()),
     );
     cfg.control_plane_url = url;
     let mut gw = Gateway::start(cfg).await;
-    for _ in 0..3 {
+    let mut statuses = Vec::new();
+    for _ in 0..chats {
         let r = Http::default()
             .post(
                 &format!("{}/v1/chat/completions", gw.url),
@@ -1009,53 +1025,34 @@ async fn sealed_chats_behind(
                 OPENAI_CHAT.as_bytes(),
             )
             .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        statuses.push(r.status);
     }
     gw.stop().await;
-    let count = count.load(std::sync::atomic::Ordering::SeqCst);
-    (cloud, agent, count)
+    Behind {
+        cloud,
+        upstream,
+        agent,
+        statuses,
+        count: count.load(std::sync::atomic::Ordering::SeqCst),
+    }
 }
 
 #[tokio::test]
 async fn a_batch_the_control_plane_refuses_is_dropped_and_the_chain_goes_on_from_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = Cloud::start(dir.path()).await;
-    let upstream = Upstream::start().await;
-    let seed = seed();
-    let agent = cloud.agent(&seed, "refused-once").await;
-    let (url, refused) = relay_control_plane(cloud.url.clone(), Relay::RefuseFirst).await;
-    let mut cfg = gateway_config(&cloud, &upstream.url(), &seed, &[&agent], None);
-    cfg.control_plane_url = url;
-    let mut gw = Gateway::start(cfg).await;
-    let send = || async {
-        Http::default()
-            .post(
-                &format!("{}/v1/chat/completions", gw.url),
-                &[("x-d3cipher-agent", agent.as_str())],
-                OPENAI_CHAT.as_bytes(),
-            )
-            .await
-    };
-    let first = send().await;
-    assert_eq!(first.status, 503, "{}", first.text());
+    let w = chats_behind(dir.path(), Relay::RefuseFirst, false, 4).await;
     assert_eq!(
-        upstream.requests().len(),
-        0,
+        w.statuses,
+        [503, 200, 200, 200],
+        "refused with its batch, then not stuck behind it"
+    );
+    assert_eq!(w.count, 1);
+    assert_eq!(
+        w.upstream.requests().len(),
+        3,
         "a request without a recorded stamp is not forwarded"
     );
-    for _ in 0..3 {
-        let r = send().await;
-        assert_eq!(
-            r.status,
-            200,
-            "the agent is not stuck behind the refused batch: {}",
-            r.text()
-        );
-    }
-    gw.stop().await;
-
-    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let page = cloud.admin().stamps(&agent, 0, 10).await.unwrap();
+    let page = w.cloud.admin().stamps(&w.agent, 0, 10).await.unwrap();
     let seqs: Vec<u64> = page.stamps.iter().map(|s| s.signed.stamp.seq).collect();
     assert_eq!(
         seqs,
@@ -1068,8 +1065,68 @@ async fn a_batch_the_control_plane_refuses_is_dropped_and_the_chain_goes_on_from
         assert_eq!(pair[1].signed.stamp.ref_seq, pair[0].signed.stamp.seq);
         assert_eq!(pair[1].signed.stamp.flags & flags::NOT_FORWARDED, 0);
     }
-    let info = cloud.admin().agent(&agent).await.unwrap();
+    let info = w.cloud.admin().agent(&w.agent).await.unwrap();
     assert_eq!(info.seq, 6);
+}
+
+#[tokio::test]
+async fn response_stamps_in_a_refused_batch_go_again_so_their_requests_still_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = chats_behind(dir.path(), Relay::RefuseFirstSettling, false, 4).await;
+    // A request stamp that rode in the refused batch was refused with it (503, not
+    // forwarded); every request that was forwarded must be settled.
+    assert_eq!(w.count, 1);
+    assert_eq!(w.statuses[0], 200);
+    assert!(
+        w.statuses.iter().filter(|s| **s == 503).count() <= 1,
+        "{:?}",
+        w.statuses
+    );
+    let forwarded = w.upstream.requests().len();
+    assert_eq!(
+        forwarded,
+        w.statuses.iter().filter(|s| **s == 200).count(),
+        "{:?}",
+        w.statuses
+    );
+    let page = w.cloud.admin().stamps(&w.agent, 0, 20).await.unwrap();
+    let kinds: Vec<StampKind> = page.stamps.iter().map(|s| s.signed.stamp.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == StampKind::Response).count(),
+        forwarded,
+        "every forwarded request has its response stamp: {kinds:?}"
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&fixture("openai-chat").0).unwrap();
+    let usage = &answer["usage"];
+    for response in page
+        .stamps
+        .iter()
+        .filter(|s| s.signed.stamp.kind == StampKind::Response)
+    {
+        let s = &response.signed.stamp;
+        let request = page
+            .stamps
+            .iter()
+            .find(|r| r.signed.stamp.seq == s.ref_seq)
+            .expect("a response settles a request in the ledger");
+        assert_eq!(request.signed.stamp.kind, StampKind::Request);
+        assert_eq!(
+            (s.tokens_in, s.tokens_out),
+            (
+                usage["prompt_tokens"].as_u64().unwrap(),
+                usage["completion_tokens"].as_u64().unwrap()
+            )
+        );
+    }
+    let info = w.cloud.admin().agent(&w.agent).await.unwrap();
+    assert_eq!(
+        (info.used, info.reserved),
+        (
+            forwarded as u64 * usage["total_tokens"].as_u64().unwrap(),
+            0
+        ),
+        "every reservation settled to what was used, none left to expire"
+    );
 }
 
 /// What a relay in front of the control plane does to appends (`POST /v1/stamps`).
@@ -1085,7 +1142,12 @@ enum Relay {
     /// a control plane does to a call it cannot accept; forwards the rest. Counts the appends
     /// it refused.
     RefuseFirst,
+    /// The same, to the first append that carries a response stamp.
+    RefuseFirstSettling,
 }
+
+/// How an append's JSON marks a response stamp.
+const SETTLING: &[u8] = b"\"kind\":\"response\"";
 
 /// Starts a relay to the control plane at `target`; returns its URL and its count.
 async fn relay_control_plane(
@@ -1156,6 +1218,14 @@ async fn relay_control_plane(
                                     }
                                     Relay::RefuseFirst
                                         if *refused_body.get_or_init(|| body.clone()) == body =>
+                                    {
+                                        counter.fetch_add(1, Ordering::SeqCst);
+                                        return answer(400, "this call cannot be accepted");
+                                    }
+                                    Relay::RefuseFirstSettling
+                                        if body.windows(SETTLING.len()).any(|w| w == SETTLING)
+                                            && *refused_body.get_or_init(|| body.clone())
+                                                == body =>
                                     {
                                         counter.fetch_add(1, Ordering::SeqCst);
                                         return answer(400, "this call cannot be accepted");
