@@ -254,9 +254,29 @@ struct Built {
     signed: SignedStamp,
     blob: Option<BlobUpload>,
     reply: Option<oneshot::Sender<Result<Ack, StampFailure>>>,
-    /// A response stamp's draft, kept to go again should its batch be refused for good: its
-    /// request was forwarded, so its tokens and transcript must still reach the ledger.
-    again: Option<Draft>,
+    /// Set for a response stamp: should its batch be refused for good, it goes again (its
+    /// request was forwarded, so its tokens and transcript must still reach the ledger).
+    again: Option<Again>,
+}
+
+/// What a stamp needs to go again besides its own fields.
+struct Again {
+    transcript: Option<Bytes>,
+}
+
+impl Again {
+    fn draft(self, stamp: Stamp) -> Draft {
+        Draft {
+            kind: stamp.kind,
+            model: stamp.model,
+            tokens_in: stamp.tokens_in,
+            tokens_out: stamp.tokens_out,
+            ref_seq: stamp.ref_seq,
+            flags: stamp.flags,
+            status: stamp.status,
+            transcript: self.transcript,
+        }
+    }
 }
 
 struct CurrentDek {
@@ -406,7 +426,7 @@ impl Sender {
     fn build(&mut self, mut head: Head, batch: Vec<Pending>) -> (Vec<Built>, Head) {
         let mut stamps = Vec::with_capacity(batch.len());
         let mut rest = Vec::with_capacity(batch.len());
-        for p in batch {
+        for mut p in batch {
             let seq = head.seq + 1;
             let blob = p
                 .draft
@@ -423,8 +443,9 @@ impl Sender {
                     data: base64::engine::general_purpose::STANDARD.encode(b),
                 }
             });
-            let again =
-                (p.draft.kind == StampKind::Response && !p.requeued).then(|| p.draft.clone());
+            let again = (p.draft.kind == StampKind::Response && !p.requeued).then(|| Again {
+                transcript: p.draft.transcript.take(),
+            });
             let stamp = Stamp {
                 version: STAMP_VERSION,
                 agent_id: self.chain.agent.clone(),
@@ -609,7 +630,12 @@ impl Sender {
             if let Some(reply) = b.reply {
                 let _ = reply.send(Err(StampFailure::Unavailable));
             }
-            again.extend(b.again.filter(|d| !seqs.contains(&d.ref_seq)));
+            let stamp = b.signed.stamp;
+            if let Some(a) = b.again
+                && !seqs.contains(&stamp.ref_seq)
+            {
+                again.push(a.draft(stamp));
+            }
         }
         tracing::error!(agent = %self.chain.agent, error = %e, first_seq = seqs.start(), last_seq = seqs.end(), response_stamps_sent_again = again.len(), "the control plane refuses these stamps; they are dropped and the chain resumes from the ledger's head");
         let requeued = again.len();

@@ -1071,11 +1071,19 @@ async fn a_batch_the_control_plane_refuses_is_dropped_and_the_chain_goes_on_from
 
 #[tokio::test]
 async fn response_stamps_in_a_refused_batch_go_again_so_their_requests_still_settle() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = chats_behind(dir.path(), Relay::RefuseFirstSettling, false, 4).await;
-    // A request stamp that rode in the refused batch was refused with it (503, not
-    // forwarded); every request that was forwarded must be settled.
-    assert_eq!(w.count, 1);
+    // Sealed, the batch is refused twice: with its transcripts, then without them.
+    for (sealed, refusals) in [(false, 1), (true, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let w = chats_behind(dir.path(), Relay::RefuseSettling(refusals), sealed, 4).await;
+        assert_eq!(w.count, refusals);
+        every_forwarded_request_settled(&w, sealed).await;
+    }
+}
+
+/// Every request `w` forwarded has its response stamp, with the fixture's tokens (and its
+/// transcript, when `sealed`), and no reservation is left; a request stamp that rode in a
+/// refused batch was refused with it (503, not forwarded).
+async fn every_forwarded_request_settled(w: &Behind, sealed: bool) {
     assert_eq!(w.statuses[0], 200);
     assert!(
         w.statuses.iter().filter(|s| **s == 503).count() <= 1,
@@ -1127,6 +1135,10 @@ async fn response_stamps_in_a_refused_batch_go_again_so_their_requests_still_set
         ),
         "every reservation settled to what was used, none left to expire"
     );
+    assert!(
+        !sealed || page.stamps.iter().all(|s| s.has_blob),
+        "every transcript stored, the resent response's too"
+    );
 }
 
 /// What a relay in front of the control plane does to appends (`POST /v1/stamps`).
@@ -1142,8 +1154,9 @@ enum Relay {
     /// a control plane does to a call it cannot accept; forwards the rest. Counts the appends
     /// it refused.
     RefuseFirst,
-    /// The same, to the first append that carries a response stamp.
-    RefuseFirstSettling,
+    /// Answers 400 to the first this many appends that carry a response stamp; forwards the
+    /// rest. Counts the appends it refused.
+    RefuseSettling(usize),
 }
 
 /// How an append's JSON marks a response stamp.
@@ -1222,10 +1235,9 @@ async fn relay_control_plane(
                                         counter.fetch_add(1, Ordering::SeqCst);
                                         return answer(400, "this call cannot be accepted");
                                     }
-                                    Relay::RefuseFirstSettling
+                                    Relay::RefuseSettling(n)
                                         if body.windows(SETTLING.len()).any(|w| w == SETTLING)
-                                            && *refused_body.get_or_init(|| body.clone())
-                                                == body =>
+                                            && counter.load(Ordering::SeqCst) < n =>
                                     {
                                         counter.fetch_add(1, Ordering::SeqCst);
                                         return answer(400, "this call cannot be accepted");
