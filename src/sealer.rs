@@ -1,5 +1,6 @@
-//! Ships wrapped data keys, and the sealed blobs too big to travel with their stamps, to the
-//! control plane, off the request path.
+//! Ships the sealed blobs that did not travel with their stamps (too big, or refused with
+//! them), and the wrapped data keys the chain writer could not store itself, to the control
+//! plane, off the request path.
 //!
 //! Uploads are queued in memory and sent in batches by one task. When the control plane
 //! cannot be reached they are written to a spool directory (they are ciphertext already) and

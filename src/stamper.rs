@@ -226,6 +226,7 @@ impl Stamper {
                 config: config.clone(),
                 head: None,
                 dek: None,
+                new_keys: Vec::new(),
                 backoff: Duration::from_millis(50),
             };
             tokio::spawn(sender.run());
@@ -291,6 +292,8 @@ struct Sender {
     config: StamperConfig,
     head: Option<Head>,
     dek: Option<CurrentDek>,
+    /// Data keys of epochs begun while building the batch about to go, stored before it.
+    new_keys: Vec<WrappedKey>,
     backoff: Duration,
 }
 
@@ -484,7 +487,8 @@ impl Sender {
     /// Seals a transcript with the current epoch's data key, starting a new epoch when due.
     fn seal(&mut self, seq: u64, kind: StampKind, plaintext: &[u8]) -> Option<Vec<u8>> {
         let account = self.config.account?;
-        let uploads = self.uploads.as_ref()?;
+        // Without an upload queue, a blob too big to travel with its stamp would be lost.
+        self.uploads.as_ref()?;
         let due = self
             .dek
             .as_ref()
@@ -496,7 +500,7 @@ impl Sender {
             match dek.wrap(&account, &self.chain.agent) {
                 Ok(wrapped) => {
                     use base64::Engine;
-                    uploads.key(WrappedKey {
+                    self.new_keys.push(WrappedKey {
                         agent_id: self.chain.agent.clone(),
                         epoch,
                         key_id: account.key_id(),
@@ -526,6 +530,7 @@ impl Sender {
     /// Sends one built batch (with as many of its blobs as fit) until the control plane
     /// answers, then hands out the verdicts and queues the blobs that did not travel with it.
     async fn deliver(&mut self, mut built: Vec<Built>) {
+        self.store_new_keys().await;
         let stamps: Vec<SignedStamp> = built.iter().map(|b| b.signed.clone()).collect();
         let (mut inline, mut inline_of, mut inline_bytes) = (Vec::new(), Vec::new(), 0);
         for (i, b) in built.iter_mut().enumerate() {
@@ -613,6 +618,23 @@ impl Sender {
             }
         }
         self.chain.outstanding.done(resp.results.len());
+    }
+
+    /// Stores the data keys the batch's blobs are sealed with before the batch goes, so a
+    /// stored blob can always be read (once an hour per agent, one call). When that fails,
+    /// the keys go through the upload queue, which retries and spools them; the blobs still
+    /// travel with their stamps and are readable once their key arrives.
+    async fn store_new_keys(&mut self) {
+        if self.new_keys.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.new_keys);
+        if let Err(e) = self.cp.put_keys(keys.clone()).await {
+            tracing::warn!(agent = %self.chain.agent, error = %e, "storing a new data key failed; queued for upload");
+            if let Some(uploads) = &self.uploads {
+                keys.into_iter().for_each(|k| uploads.key(k));
+            }
+        }
     }
 
     /// Gives up a batch the control plane refuses and would refuse again, byte for byte: none

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lockstock::api::Verdict;
 use lockstock::chain::{StampKind, flags};
+use lockstock::config::GatewayConfig;
 use support::*;
 
 const OPENAI_CHAT: &str =
@@ -981,6 +982,42 @@ async fn transcripts_refused_with_their_stamps_follow_them_on_their_own() {
     );
 }
 
+#[tokio::test]
+async fn no_transcript_is_stored_before_the_data_key_that_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A new data key for every transcript, so each one could race its key.
+    let every_transcript = |cfg: &mut GatewayConfig| cfg.limits.dek_epoch = Duration::ZERO;
+    let after_each = async |cloud: &Cloud, agent: &lockstock::AgentId| {
+        let admin = cloud.admin();
+        // Keys are only ever added, so reading them after the blobs errs on the safe side.
+        let page = admin.stamps(agent, 0, 100).await.unwrap();
+        let blobs = page.stamps.iter().filter(|s| s.has_blob).count();
+        let keys = admin.keys(agent).await.unwrap().keys.len();
+        assert!(blobs > 0, "the request's transcript went with its stamp");
+        assert!(
+            keys >= blobs,
+            "{blobs} transcripts stored, {keys} keys to open them"
+        );
+    };
+    let w = chats_behind_with(
+        dir.path(),
+        Relay::SlowKeys,
+        true,
+        3,
+        every_transcript,
+        after_each,
+    )
+    .await;
+    assert_eq!(w.statuses, [200; 3]);
+    assert!(w.count > 0, "key uploads went through the relay");
+    let admin = w.cloud.admin();
+    let page = admin.stamps(&w.agent, 0, 100).await.unwrap();
+    assert_eq!(page.stamps.len(), 6);
+    assert!(page.stamps.iter().all(|s| s.has_blob));
+    let keys = admin.keys(&w.agent).await.unwrap().keys;
+    assert_eq!(keys.len(), 6, "one epoch per transcript");
+}
+
 /// A gateway's chats through a relay in front of its control plane, once the gateway stopped.
 struct Behind {
     cloud: Cloud,
@@ -996,6 +1033,19 @@ struct Behind {
 /// when `sealed`) that reaches its control plane through `relay`; the agent has a budget, so
 /// every request reserves tokens and every response settles them.
 async fn chats_behind(dir: &std::path::Path, relay: Relay, sealed: bool, chats: usize) -> Behind {
+    chats_behind_with(dir, relay, sealed, chats, |_| {}, async |_, _| {}).await
+}
+
+/// [`chats_behind`], with the gateway's configuration changed by `tweak`, and `after_each`
+/// run after each chat.
+async fn chats_behind_with(
+    dir: &std::path::Path,
+    relay: Relay,
+    sealed: bool,
+    chats: usize,
+    tweak: impl FnOnce(&mut GatewayConfig),
+    after_each: impl AsyncFn(&Cloud, &lockstock::AgentId),
+) -> Behind {
     let cloud = Cloud::start(dir).await;
     let upstream = Upstream::start().await;
     let seed = seed();
@@ -1015,6 +1065,7 @@ async fn chats_behind(dir: &std::path::Path, relay: Relay, sealed: bool, chats: 
         sealed.then(|| account.public_key()),
     );
     cfg.control_plane_url = url;
+    tweak(&mut cfg);
     let mut gw = Gateway::start(cfg).await;
     let mut statuses = Vec::new();
     for _ in 0..chats {
@@ -1026,6 +1077,7 @@ async fn chats_behind(dir: &std::path::Path, relay: Relay, sealed: bool, chats: 
             )
             .await;
         statuses.push(r.status);
+        after_each(&cloud, &agent).await;
     }
     gw.stop().await;
     Behind {
@@ -1157,7 +1209,12 @@ enum Relay {
     /// Answers 400 to the first this many appends that carry a response stamp; forwards the
     /// rest. Counts the appends it refused.
     RefuseSettling(usize),
+    /// Holds every upload of wrapped data keys (`POST /v1/keys`) for [`KEY_DELAY`] before
+    /// forwarding it. Counts those uploads.
+    SlowKeys,
 }
+
+const KEY_DELAY: Duration = Duration::from_millis(300);
 
 /// How an append's JSON marks a response stamp.
 const SETTLING: &[u8] = b"\"kind\":\"response\"";
@@ -1244,6 +1301,10 @@ async fn relay_control_plane(
                                     }
                                     _ => {}
                                 }
+                            }
+                            if relay == Relay::SlowKeys && path == "/v1/keys" {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(KEY_DELAY).await;
                             }
                             let headers: Vec<(String, String)> = parts
                                 .headers
