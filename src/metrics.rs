@@ -275,21 +275,16 @@ impl Metrics {
                 m.tokens_out.load(Relaxed)
             );
         }
-        family(
+        per_agent(
             w,
             "lockstock_gateway_budget_remaining_tokens",
             "gauge",
             "Tokens the agent may still spend, as of its last verdict (absent when unlimited).",
+            self.registered().map(|(agent, m)| {
+                let v = m.budget_remaining.load(Relaxed);
+                (agent, u64::try_from(v).ok())
+            }),
         );
-        for (agent, m) in self.registered() {
-            let v = m.budget_remaining.load(Relaxed);
-            if v >= 0 {
-                let _ = writeln!(
-                    w,
-                    "lockstock_gateway_budget_remaining_tokens{{agent=\"{agent}\"}} {v}"
-                );
-            }
-        }
         family(
             w,
             "lockstock_gateway_control_plane_up",
@@ -307,19 +302,14 @@ impl Metrics {
             "Round trip of one batch of stamps to the control plane, durable commit included.",
             self.registered().map(|(agent, m)| (agent, &m.stamp_calls)),
         );
-        family(
+        per_agent(
             w,
             "lockstock_gateway_stamps_delivered_total",
             "counter",
             "Stamps the control plane has answered; over the calls' count, stamps per batch.",
+            self.registered()
+                .map(|(agent, m)| (agent, Some(m.stamps_delivered.load(Relaxed)))),
         );
-        for (agent, m) in self.registered() {
-            let _ = writeln!(
-                w,
-                "lockstock_gateway_stamps_delivered_total{{agent=\"{agent}\"}} {}",
-                m.stamps_delivered.load(Relaxed)
-            );
-        }
         family(
             w,
             "lockstock_gateway_stamps_pending",
@@ -344,6 +334,22 @@ impl Metrics {
 fn family(w: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(w, "# HELP {name} {help}");
     let _ = writeln!(w, "# TYPE {name} {kind}");
+}
+
+/// A family with one sample per agent; an agent whose value is `None` has no sample.
+fn per_agent<'a>(
+    w: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    values: impl Iterator<Item = (&'a str, Option<u64>)>,
+) {
+    family(w, name, kind, help);
+    for (agent, v) in values {
+        if let Some(v) = v {
+            let _ = writeln!(w, "{name}{{agent=\"{agent}\"}} {v}");
+        }
+    }
 }
 
 fn histograms<'a>(
