@@ -24,7 +24,7 @@ use crate::secret::{ExposeSecret, SecretString};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What can go wrong talking to the control plane.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     #[error("control plane URL {url:?} is not a valid http(s) URL")]
     InvalidUrl { url: String },

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod api;
 pub mod body;
+mod carrier;
 pub mod chain;
 pub mod client;
 pub mod config;

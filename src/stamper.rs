@@ -3,9 +3,10 @@
 //!
 //! Each agent has one queue and one sender task. The sender takes everything queued, assigns
 //! consecutive seqs from the chain head, seals transcripts (the seq is part of the blob's
-//! AAD, so sealing happens here), signs the batch once (its last stamp), and sends it in one
-//! call with its blobs (up to 256 KiB of them; bigger ones follow through the uploader); the
-//! control plane commits a batch and its blobs with one fsync. While a batch is in flight, new
+//! AAD, so sealing happens here), signs the batch once (its last stamp), and sends it with its
+//! blobs (up to 256 KiB of them; bigger ones follow through the uploader) in the carrier's
+//! next call, together with the batches of other agents ready at the same time (see
+//! [`crate::carrier`]); the control plane commits a call and its blobs with one fsync. While a batch is in flight, new
 //! drafts queue up and form the next batch, so batches grow with load and latency stays one
 //! round trip when idle.
 //!
@@ -28,6 +29,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::AgentId;
 use crate::api::{BlobUpload, Verdict, WrappedKey};
+use crate::carrier::{Batch, Carrier};
 use crate::chain::{Hash32, Head, STAMP_VERSION, SignedStamp, Stamp, StampKind, flags, sign_batch};
 use crate::client::{ClientError, ControlPlane};
 use crate::metrics::AgentMetrics;
@@ -207,6 +209,7 @@ impl Stamper {
         config: StamperConfig,
     ) -> Self {
         let outstanding = Arc::new(Outstanding::default());
+        let carrier = Carrier::start(cp.clone());
         let mut chains = HashMap::new();
         for (agent, key, metrics) in agents {
             let chain = Arc::new(Chain {
@@ -222,6 +225,7 @@ impl Stamper {
             let sender = Sender {
                 chain: chain.clone(),
                 cp: cp.clone(),
+                carrier: carrier.clone(),
                 uploads: uploads.clone(),
                 config: config.clone(),
                 head: None,
@@ -288,6 +292,7 @@ struct CurrentDek {
 struct Sender {
     chain: Arc<Chain>,
     cp: ControlPlane,
+    carrier: Carrier,
     uploads: Option<Uploads>,
     config: StamperConfig,
     head: Option<Head>,
@@ -531,7 +536,6 @@ impl Sender {
     /// answers, then hands out the verdicts and queues the blobs that did not travel with it.
     async fn deliver(&mut self, mut built: Vec<Built>) {
         self.store_new_keys().await;
-        let stamps: Vec<SignedStamp> = built.iter().map(|b| b.signed.clone()).collect();
         let (mut inline, mut inline_of, mut inline_bytes) = (Vec::new(), Vec::new(), 0);
         for (i, b) in built.iter_mut().enumerate() {
             let fits = b
@@ -544,18 +548,28 @@ impl Sender {
                 inline_of.push(i);
             }
         }
+        let mut batch = Batch {
+            stamps: built.iter().map(|b| b.signed.clone()).collect(),
+            blobs: inline,
+        };
         let resp = loop {
             let sent = Instant::now();
-            match self.cp.append_with_blobs(&stamps, &inline).await {
+            let Some(delivery) = self.carrier.append(batch).await else {
+                return; // the runtime is shutting down
+            };
+            batch = delivery.batch;
+            match delivery.answer {
                 Ok(resp) => {
-                    self.chain.metrics.stamp_call(stamps.len(), sent.elapsed());
+                    self.chain
+                        .metrics
+                        .stamp_call(batch.stamps.len(), sent.elapsed());
                     break resp;
                 }
-                Err(e) if refused_for_good(&e) && !inline.is_empty() => {
+                Err(e) if refused_for_good(&e) && !batch.blobs.is_empty() => {
                     // Perhaps only the size of the call (a proxy's body limit): the stamps go
                     // alone, their transcripts follow through the uploader.
                     tracing::warn!(agent = %self.chain.agent, error = %e, "the control plane refused stamps sent with their transcripts; sending the stamps alone");
-                    for (blob, i) in inline.drain(..).zip(inline_of.drain(..)) {
+                    for (blob, i) in batch.blobs.drain(..).zip(inline_of.drain(..)) {
                         built[i].blob = Some(blob);
                     }
                 }
@@ -564,7 +578,7 @@ impl Sender {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(agent = %self.chain.agent, error = %e, stamps = stamps.len(), "stamp delivery failed; retrying");
+                    tracing::warn!(agent = %self.chain.agent, error = %e, stamps = batch.stamps.len(), "stamp delivery failed; retrying");
                     self.grow_backoff();
                     self.fail_waiters(&mut built);
                     tokio::time::sleep(self.backoff).await;
@@ -577,7 +591,8 @@ impl Sender {
         if resp.blobs_stored.is_none() {
             // A control plane from before blobs travelled with stamps ignored them.
             blobs.extend(
-                inline
+                batch
+                    .blobs
                     .into_iter()
                     .zip(inline_of)
                     .filter(|(_, i)| resp.results[*i].verdict.appended())

@@ -1089,6 +1089,132 @@ async fn chats_behind_with(
     }
 }
 
+/// Sends one chat per agent at once, `rounds` times, through a gateway that serves them all
+/// behind `relay`; returns each round's statuses (by agent), the relay's count, and the
+/// control plane.
+async fn crowd(
+    dir: &std::path::Path,
+    relay: Relay,
+    agents: usize,
+    rounds: usize,
+    before: impl AsyncFn(&Cloud, &[lockstock::AgentId]),
+) -> (Vec<Vec<u16>>, usize, Cloud, Vec<lockstock::AgentId>) {
+    let cloud = Cloud::start(dir).await;
+    let upstream = Upstream::start().await;
+    let seed = seed();
+    let mut ids = Vec::new();
+    for i in 0..agents {
+        ids.push(cloud.agent(&seed, &format!("crowd-{i}")).await);
+    }
+    before(&cloud, &ids).await;
+    let (url, count) = relay_control_plane(cloud.url.clone(), relay).await;
+    let mut cfg = gateway_config(
+        &cloud,
+        &upstream.url(),
+        &seed,
+        &ids.iter().collect::<Vec<_>>(),
+        None,
+    );
+    cfg.control_plane_url = url;
+    let mut gw = Gateway::start(cfg).await;
+    let mut statuses = Vec::new();
+    for _ in 0..rounds {
+        let chats: Vec<_> = ids
+            .iter()
+            .map(|agent| {
+                let (url, agent) = (gw.url.clone(), agent.clone());
+                tokio::spawn(async move {
+                    Http::default()
+                        .post(
+                            &format!("{url}/v1/chat/completions"),
+                            &[("x-d3cipher-agent", agent.as_str())],
+                            OPENAI_CHAT.as_bytes(),
+                        )
+                        .await
+                        .status
+                })
+            })
+            .collect();
+        let mut round = Vec::new();
+        for chat in chats {
+            round.push(chat.await.unwrap());
+        }
+        statuses.push(round);
+    }
+    gw.stop().await;
+    let count = count.load(std::sync::atomic::Ordering::SeqCst);
+    (statuses, count, cloud, ids)
+}
+
+/// Agents whose batches are ready at the same time share one call to the control plane, and
+/// each gets its own verdicts back from it: a locked agent among them is refused, the others
+/// are not.
+#[tokio::test]
+async fn agents_ready_together_share_a_stamp_call_and_each_gets_its_own_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (statuses, mixed, cloud, agents) = crowd(
+        dir.path(),
+        Relay::Mixed { refuse: false },
+        4,
+        5,
+        async |cloud, agents| {
+            cloud
+                .admin()
+                .lock(&agents[2], Some("one of the crowd is stopped".into()))
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    for round in &statuses {
+        assert_eq!(round, &[200, 200, 429, 200]);
+    }
+    assert!(
+        mixed > 0,
+        "no call carried the stamps of more than one agent"
+    );
+    for (i, agent) in agents.iter().enumerate() {
+        let info = cloud.admin().agent(agent).await.unwrap();
+        let per_chat = if i == 2 { 1 } else { 2 };
+        assert_eq!(
+            info.seq,
+            per_chat * 5,
+            "{agent}: stamps of its own chats only"
+        );
+        assert_eq!(info.reserved, 0, "{agent}: every reservation settled");
+    }
+}
+
+/// A merged call the control plane refuses goes again as one call per agent, so no agent's
+/// stamps are lost or refused for a neighbour's.
+#[tokio::test]
+async fn a_refused_merged_stamp_call_goes_again_one_agent_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (statuses, refused, cloud, agents) = crowd(
+        dir.path(),
+        Relay::Mixed { refuse: true },
+        4,
+        5,
+        async |_, _| {},
+    )
+    .await;
+    for round in &statuses {
+        assert_eq!(round, &[200; 4]);
+    }
+    assert!(
+        refused > 0,
+        "no call carried the stamps of more than one agent"
+    );
+    for agent in &agents {
+        let info = cloud.admin().agent(agent).await.unwrap();
+        assert_eq!(
+            info.seq, 10,
+            "{agent}: a request and a response stamp per chat"
+        );
+        assert_eq!(info.reserved, 0, "{agent}: every reservation settled");
+    }
+}
+
 #[tokio::test]
 async fn a_batch_the_control_plane_refuses_is_dropped_and_the_chain_goes_on_from_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
@@ -1212,6 +1338,9 @@ enum Relay {
     /// Holds every upload of wrapped data keys (`POST /v1/keys`) for [`KEY_DELAY`] before
     /// forwarding it. Counts those uploads.
     SlowKeys,
+    /// Counts the appends that carry stamps of more than one agent; with `refuse`, answers them
+    /// 400, as a control plane would to a call one of whose batches it cannot accept.
+    Mixed { refuse: bool },
 }
 
 const KEY_DELAY: Duration = Duration::from_millis(300);
@@ -1291,6 +1420,21 @@ async fn relay_control_plane(
                                     {
                                         counter.fetch_add(1, Ordering::SeqCst);
                                         return answer(400, "this call cannot be accepted");
+                                    }
+                                    Relay::Mixed { refuse }
+                                        if v["stamps"]
+                                            .as_array()
+                                            .unwrap()
+                                            .iter()
+                                            .map(|s| s["agent_id"].as_str().unwrap())
+                                            .collect::<std::collections::HashSet<_>>()
+                                            .len()
+                                            > 1 =>
+                                    {
+                                        counter.fetch_add(1, Ordering::SeqCst);
+                                        if refuse {
+                                            return answer(400, "this call cannot be accepted");
+                                        }
                                     }
                                     Relay::RefuseSettling(n)
                                         if body.windows(SETTLING.len()).any(|w| w == SETTLING)
