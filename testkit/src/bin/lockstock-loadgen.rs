@@ -39,6 +39,10 @@ struct Args {
     /// Extra request header, `name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
+    /// A header whose value depends on the connection: connection i sends the (i mod n)-th of
+    /// the comma-separated values (e.g. one agent per connection, round robin).
+    #[arg(long, value_name = "NAME: V1,V2,...")]
+    rotate: Option<String>,
     /// Concurrent connections (one request in flight on each).
     #[arg(short = 'c', long, default_value_t = 16)]
     connections: usize,
@@ -125,6 +129,8 @@ struct Plan {
     path: String,
     method: http::Method,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `--rotate`: the header's name and the values the connections take in turn.
+    rotate: Option<(http::HeaderName, Vec<http::HeaderValue>)>,
     body: Bytes,
     expect: Option<Bytes>,
     stream: bool,
@@ -170,6 +176,7 @@ fn complete(plan: &Plan, body: &[u8]) -> Result<(), String> {
 
 async fn one(
     plan: &Plan,
+    own: Option<&(http::HeaderName, http::HeaderValue)>,
     sender: &mut http1::SendRequest<Full<Bytes>>,
     buf: &mut Vec<u8>,
     t0: Instant,
@@ -178,7 +185,7 @@ async fn one(
         .method(plan.method.clone())
         .uri(&plan.path)
         .header(http::header::HOST, &plan.authority);
-    for (k, v) in &plan.headers {
+    for (k, v) in plan.headers.iter().chain(own) {
         req = req.header(k, v);
     }
     let req = req
@@ -207,7 +214,11 @@ async fn one(
     })
 }
 
-async fn connection(plan: Arc<Plan>, stop: Arc<AtomicBool>) -> Tally {
+async fn connection(plan: Arc<Plan>, stop: Arc<AtomicBool>, index: usize) -> Tally {
+    let own = plan
+        .rotate
+        .as_ref()
+        .map(|(name, values)| (name.clone(), values[index % values.len()].clone()));
     let mut t = Tally::default();
     let mut buf = Vec::with_capacity(16 * 1024);
     'connect: while !stop.load(Ordering::Relaxed) {
@@ -246,7 +257,11 @@ async fn connection(plan: Arc<Plan>, stop: Arc<AtomicBool>) -> Tally {
             }
             plan.sent.fetch_add(1, Ordering::Relaxed);
             let measured = t0 >= plan.measure_from;
-            let r = tokio::time::timeout(plan.timeout, one(&plan, &mut sender, &mut buf, t0)).await;
+            let r = tokio::time::timeout(
+                plan.timeout,
+                one(&plan, own.as_ref(), &mut sender, &mut buf, t0),
+            )
+            .await;
             let took = t0.elapsed();
             match r {
                 Ok(Ok(Outcome::Ok { status, ttfb })) => {
@@ -369,6 +384,20 @@ fn run(args: Args) -> Result<Value> {
         let (k, v) = h.split_once(':').context("a header is `name: value`")?;
         headers.push((k.trim().parse()?, v.trim().parse()?));
     }
+    let rotate = match &args.rotate {
+        Some(r) => {
+            let (k, v) = r.split_once(':').context("--rotate is `name: v1,v2,...`")?;
+            let values = v
+                .split(',')
+                .map(|v| v.trim().parse())
+                .collect::<Result<Vec<http::HeaderValue>, _>>()?;
+            if values.iter().any(|v| v.is_empty()) {
+                bail!("--rotate: an empty value in {v:?}");
+            }
+            Some((k.trim().parse()?, values))
+        }
+        None => None,
+    };
     let expect = match &args.expect {
         Some(p) => Some(Bytes::from(
             std::fs::read(p).with_context(|| format!("{}", p.display()))?,
@@ -396,6 +425,7 @@ fn run(args: Args) -> Result<Value> {
             http::Method::GET
         },
         headers,
+        rotate,
         body,
         expect,
         stream: args.stream,
@@ -469,8 +499,8 @@ fn run(args: Args) -> Result<Value> {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = rt.block_on(async {
         let mut tasks = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
-            tasks.push(tokio::spawn(connection(plan.clone(), stop.clone())));
+        for i in 0..args.connections {
+            tasks.push(tokio::spawn(connection(plan.clone(), stop.clone(), i)));
         }
         // A stuck run stops starting requests at the end; in-flight ones may still time out.
         let hard = plan.measure_to + plan.timeout + Duration::from_secs(5);

@@ -60,6 +60,11 @@ pub struct Args {
     /// Open streams held at once for the streaming-memory check.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// Agents each LockStock gateway serves; the connections take them in turn (one agent
+    /// per connection when equal to the concurrency). Each agent's stamps form a chain of
+    /// their own, so this measures many agents against one busy one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    agents: u16,
     /// The `litellm` executable (LiteLLM's proxy); its cases are skipped without it.
     #[arg(long)]
     litellm: Option<PathBuf>,
@@ -198,6 +203,8 @@ struct World {
     litellm: Option<setup::LiteLlm>,
     seed: lockstock::secret::SecretKey32,
     account: Option<lockstock::seal::AccountPublicKey>,
+    /// Agents each LockStock gateway serves.
+    agents: u16,
 }
 
 fn main() -> std::process::ExitCode {
@@ -269,6 +276,12 @@ async fn run(args: Args) -> Result<bool> {
         });
     }
     let mut notes: Vec<String> = args.note.clone();
+    if args.agents > 1 {
+        notes.push(format!(
+            "each LockStock gateway serves {} agents; connection i sends as agent i mod {}",
+            args.agents, args.agents
+        ));
+    }
 
     let mut targets: Vec<Target> = Target::ALL
         .into_iter()
@@ -327,6 +340,7 @@ async fn run(args: Args) -> Result<bool> {
         litellm: None,
         seed: lockstock::secret::random_key(),
         account: None,
+        agents: args.agents,
     };
     let mut memory: BTreeMap<String, report::Memory> = BTreeMap::new();
 
@@ -477,7 +491,7 @@ async fn run(args: Args) -> Result<bool> {
 /// A gateway with an agent of its own; transcripts sealed when `sealed`.
 async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gateway> {
     let cloud = w.cloud.as_ref().expect("started when needed");
-    let agent = setup::agent(cloud, &w.seed, &format!("bench-{name}")).await?;
+    let agents = setup::agents(cloud, &w.seed, &format!("bench-{name}"), w.agents).await?;
     let account = if sealed { w.account.as_ref() } else { None };
     let gw = setup::gateway(
         &w.http,
@@ -487,15 +501,16 @@ async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gat
         cloud,
         &w.upstream.url,
         &w.seed,
-        &agent,
+        &agents,
         account,
         false,
     )
     .await?;
     say(format!(
-        "{name} gateway on {} (pid {}, {agent})",
+        "{name} gateway on {} (pid {}, {})",
         gw.url,
-        gw.proc.pid()
+        gw.proc.pid(),
+        setup::names(&gw.agents).join(", ")
     ));
     Ok(gw)
 }
@@ -506,7 +521,7 @@ async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gat
 async fn start_embedded(w: &World) -> Result<setup::Gateway> {
     let mut cloud = setup::cloud_named(&w.http, &w.bin, &w.dir, "embedded-control-plane").await?;
     let account = setup::account(&cloud).await?;
-    let agent = setup::agent(&cloud, &w.seed, "bench-embedded").await?;
+    let agents = setup::agents(&cloud, &w.seed, "bench-embedded", w.agents).await?;
     cloud.proc.stop(std::time::Duration::from_secs(10));
     let gw = setup::gateway(
         &w.http,
@@ -516,16 +531,17 @@ async fn start_embedded(w: &World) -> Result<setup::Gateway> {
         &cloud,
         &w.upstream.url,
         &w.seed,
-        &agent,
+        &agents,
         Some(&account),
         true,
     )
     .await?;
     say(format!(
-        "embedded gateway and control plane on {} and {} (pid {}, {agent})",
+        "embedded gateway and control plane on {} and {} (pid {}, {})",
         gw.url,
         cloud.url,
-        gw.proc.pid()
+        gw.proc.pid(),
+        setup::names(&gw.agents).join(", ")
     ));
     Ok(gw)
 }
@@ -589,6 +605,8 @@ struct Load<'a> {
     connections: usize,
     seconds: f64,
     warmup: f64,
+    /// The agents the connections take in turn (`lockstock-loadgen --rotate`).
+    agents: Vec<lockstock::AgentId>,
     extra_args: Vec<String>,
 }
 
@@ -604,6 +622,7 @@ fn load_for<'a>(
     let mut procs = vec![("upstream", w.upstream.proc.pid())];
     let mut headers = vec!["x-fixture-mark: 1".to_owned()];
     let mut expect_exact = true;
+    let mut agents = Vec::new();
     let base = match t {
         Target::Direct => w.upstream.url.clone(),
         Target::Nginx => {
@@ -623,7 +642,7 @@ fn load_for<'a>(
                     w.cloud.as_ref().expect("started").proc.pid(),
                 ));
             }
-            headers.push(format!("X-D3cipher-Agent: {}", g.agent));
+            agents = g.agents.clone();
             g.url.clone()
         }
         Target::LiteLlm => {
@@ -647,6 +666,7 @@ fn load_for<'a>(
         connections: c,
         seconds,
         warmup,
+        agents,
         extra_args: Vec::new(),
     }
 }
@@ -674,6 +694,12 @@ async fn loadgen(w: &World, load: &Load<'_>, mode: Mode) -> Result<Value> {
     if load.expect_exact {
         cmd.arg("--expect").arg(fixture(&w.repo, answer));
     }
+    if !load.agents.is_empty() {
+        cmd.arg("--rotate").arg(format!(
+            "X-D3cipher-Agent: {}",
+            setup::names(&load.agents).join(",")
+        ));
+    }
     for h in &load.headers {
         cmd.arg("-H").arg(h);
     }
@@ -699,7 +725,11 @@ async fn agent_seq(w: &World, t: Target) -> Result<Option<u64>> {
     let Some(g) = w.gateway(t) else {
         return Ok(None);
     };
-    Ok(Some(g.admin.agent(&g.agent).await?.seq))
+    let mut seq = 0;
+    for agent in &g.agents {
+        seq += g.admin.agent(agent).await?.seq;
+    }
+    Ok(Some(seq))
 }
 
 async fn run_case(
@@ -807,7 +837,6 @@ async fn run_soak(w: &World, c: usize, seconds: f64) -> Result<Case> {
 async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
     let cloud = w.cloud.as_ref().expect("started");
     let gw = start_gateway(w, "streams", true).await?;
-    let agent = gw.agent.clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = procstat::rss_kib(gw.proc.pid());
     // 14 events, 200 ms before each: every stream stays open about 2.8 s.
@@ -815,10 +844,7 @@ async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
     let load = Load {
         url: format!("{}/v1/chat/completions", gw.url),
         stream: true,
-        headers: vec![
-            format!("X-D3cipher-Agent: {agent}"),
-            format!("x-fixture-delay-ms: {delay_ms}"),
-        ],
+        headers: vec![format!("x-fixture-delay-ms: {delay_ms}")],
         expect_exact: true,
         procs: vec![
             ("gateway", gw.proc.pid()),
@@ -828,6 +854,7 @@ async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
         connections: n,
         seconds: 8.0,
         warmup: 0.0,
+        agents: gw.agents.clone(),
         extra_args: vec!["--sample-ms".into(), "100".into()],
     };
     let v = loadgen(w, &load, Mode::Sse).await?;

@@ -157,15 +157,33 @@ pub async fn agent(cloud: &Cloud, seed: &SecretKey32, name: &str) -> Result<Agen
     Ok(p.agent_id)
 }
 
+/// `n` agents named `name` (and `name-2`, `name-3`… after the first), as [`agent`] makes them.
+pub async fn agents(cloud: &Cloud, seed: &SecretKey32, name: &str, n: u16) -> Result<Vec<AgentId>> {
+    let mut agents = Vec::with_capacity(n.into());
+    for i in 1..=n {
+        let name = match i {
+            1 => name.to_owned(),
+            i => format!("{name}-{i}"),
+        };
+        agents.push(agent(cloud, seed, &name).await?);
+    }
+    Ok(agents)
+}
+
 pub struct Gateway {
     pub proc: Proc,
     pub url: String,
-    pub agent: AgentId,
-    /// The control plane that holds the agent's ledger.
+    /// The agents it serves, as the connections take them in turn.
+    pub agents: Vec<AgentId>,
+    /// The control plane that holds the agents' ledgers.
     pub admin: ControlPlane,
 }
 
-/// A gateway process (`lockstock-gateway serve --settings FILE`), governing one agent;
+pub fn names(agents: &[AgentId]) -> Vec<&str> {
+    agents.iter().map(AgentId::as_str).collect()
+}
+
+/// A gateway process (`lockstock-gateway serve --settings FILE`), governing `agents`;
 /// transcripts are sealed when `account` is given. With `embedded`, the process also runs
 /// `cloud`'s control plane (stopped beforehand), on its data directory and address.
 #[allow(clippy::too_many_arguments)]
@@ -177,7 +195,7 @@ pub async fn gateway(
     cloud: &Cloud,
     upstream: &str,
     seed: &SecretKey32,
-    agent: &AgentId,
+    agents: &[AgentId],
     account: Option<&AccountPublicKey>,
     embedded: bool,
 ) -> Result<Gateway> {
@@ -186,10 +204,11 @@ pub async fn gateway(
     let settings = dir.join(format!("{name}.settings"));
     let mut text = format!(
         "UPSTREAM_URL={upstream}\nLOCKSTOCK_URL={}\nLOCKSTOCK_GATEWAY_KEY={}\nMLS_SEED={}\n\
-         AGENT_ID={agent}\nLOCKSTOCK_PROVIDER=openai\nLOCKSTOCK_SPOOL_DIR={}\n",
+         LOCKSTOCK_AGENTS={}\nLOCKSTOCK_PROVIDER=openai\nLOCKSTOCK_SPOOL_DIR={}\n",
         cloud.url,
         cloud.gateway_key.expose_secret(),
         hex::encode(seed.expose_secret()),
+        names(agents).join(","),
         dir.join(format!("{name}-spool")).display(),
     );
     if let Some(a) = account {
@@ -222,7 +241,7 @@ pub async fn gateway(
     Ok(Gateway {
         proc,
         url,
-        agent: agent.clone(),
+        agents: agents.to_vec(),
         admin: cloud.admin.clone(),
     })
 }
