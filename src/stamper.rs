@@ -4,11 +4,11 @@
 //! Each agent has one queue and one sender task. The sender takes everything queued, assigns
 //! consecutive seqs from the chain head, seals transcripts (the seq is part of the blob's
 //! AAD, so sealing happens here), signs the batch once (its last stamp), and sends it with its
-//! blobs (up to 256 KiB of them; bigger ones follow through the uploader) in the carrier's
-//! next call, together with the batches of other agents ready at the same time (see
-//! [`crate::carrier`]); the control plane commits a call and its blobs with one fsync. While a batch is in flight, new
-//! drafts queue up and form the next batch, so batches grow with load and latency stays one
-//! round trip when idle.
+//! blobs (up to 256 KiB of them; bigger ones follow through the uploader) in the next call of
+//! the carrier (`carrier.rs`), together with the batches of other agents ready at the same
+//! time; the control plane commits a call and its blobs with one fsync. While a batch is in
+//! flight, new drafts queue up and form the next batch, so batches grow with load and latency
+//! stays one round trip when idle.
 //!
 //! A signed stamp is never rewritten: if delivery fails, the same bytes are retried until the
 //! control plane answers (it recognises a retry as a duplicate and repeats its verdict).
