@@ -45,7 +45,8 @@ pub struct Args {
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     concurrency: Vec<usize>,
-    /// Modes: json (non-streaming), sse (streaming).
+    /// Modes: json (non-streaming), sse (streaming, usage asked for), sse-plain (streaming,
+    /// usage not asked for).
     #[arg(long, value_delimiter = ',', default_value = "json,sse")]
     modes: Vec<String>,
     /// Seconds of the endurance run (governed, concurrency 256).
@@ -140,7 +141,11 @@ impl Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Json,
+    /// Streamed, the client asking for usage itself (`stream_options.include_usage`).
     Sse,
+    /// Streamed as the OpenAI SDK does by default, without asking for usage: a gateway asks
+    /// for it on the client's behalf and removes the extra chunk from what the client gets.
+    SsePlain,
 }
 
 impl Mode {
@@ -148,7 +153,12 @@ impl Mode {
         match self {
             Mode::Json => "json",
             Mode::Sse => "sse",
+            Mode::SsePlain => "sse-plain",
         }
+    }
+
+    pub fn streams(self) -> bool {
+        self != Mode::Json
     }
 }
 
@@ -272,6 +282,7 @@ async fn run(args: Args) -> Result<bool> {
         modes.push(match m.as_str() {
             "json" => Mode::Json,
             "sse" => Mode::Sse,
+            "sse-plain" => Mode::SsePlain,
             other => bail!("--modes: unknown mode {other:?}"),
         });
     }
@@ -324,6 +335,9 @@ async fn run(args: Args) -> Result<bool> {
     ));
 
     let http = procs::http();
+    if modes.contains(&Mode::SsePlain) {
+        write_plain_stream(&repo, &dir)?;
+    }
     let upstream = setup::upstream(&bin, &dir)?;
     say(format!("fixture upstream on {}", upstream.url));
     let mut world = World {
@@ -600,7 +614,9 @@ struct Load<'a> {
     url: String,
     stream: bool,
     headers: Vec<String>,
-    expect_exact: bool,
+    request: PathBuf,
+    /// The answer the client must get byte for byte, when the target passes bytes on.
+    expect: Option<PathBuf>,
     procs: Vec<(&'a str, u32)>,
     connections: usize,
     seconds: f64,
@@ -621,16 +637,22 @@ fn load_for<'a>(
     let path = "/v1/chat/completions";
     let mut procs = vec![("upstream", w.upstream.proc.pid())];
     let mut headers = vec!["x-fixture-mark: 1".to_owned()];
-    let mut expect_exact = true;
+    let (request, answer) = exchange(w, t, mode);
+    let mut expect = Some(answer);
+    if mode == Mode::SsePlain {
+        // The same stream from the upstream for every target, whatever the request asked.
+        headers.push("x-fixture: openai-chat-stream-usage".to_owned());
+    }
     let mut agents = Vec::new();
     let base = match t {
         Target::Direct => w.upstream.url.clone(),
         Target::Nginx => {
             let n = w.nginx.as_ref().expect("started");
             procs.push(("nginx", n.proc.pid()));
-            match mode {
-                Mode::Json => n.url.clone(),
-                Mode::Sse => n.stream_url.clone(),
+            if mode.streams() {
+                n.stream_url.clone()
+            } else {
+                n.url.clone()
             }
         }
         Target::Governed | Target::Embedded | Target::StampsOnly => {
@@ -653,15 +675,16 @@ fn load_for<'a>(
                 setup::LITELLM_MASTER_KEY
             ));
             // LiteLLM re-serialises answers: check their shape, not their bytes.
-            expect_exact = false;
+            expect = None;
             l.url.clone()
         }
     };
     Load {
         url: format!("{base}{path}"),
-        stream: mode == Mode::Sse,
+        stream: mode.streams(),
         headers,
-        expect_exact,
+        request,
+        expect,
         procs,
         connections: c,
         seconds,
@@ -671,19 +694,61 @@ fn load_for<'a>(
     }
 }
 
-async fn loadgen(w: &World, load: &Load<'_>, mode: Mode) -> Result<Value> {
-    let (req, answer) = match mode {
-        Mode::Json => ("openai-chat.request.json", "openai-chat.json"),
-        Mode::Sse => (
-            "openai-chat-stream-usage.request.json",
-            "openai-chat-stream-usage.sse",
+/// Files of the `sse-plain` mode, written into the run's directory.
+const PLAIN_REQUEST: &str = "sse-plain.request.json";
+const PLAIN_ANSWER: &str = "sse-plain.answer.sse";
+
+/// The request a case sends and the answer its client must get.
+fn exchange(w: &World, t: Target, mode: Mode) -> (PathBuf, PathBuf) {
+    let fixture = |name| fixture(&w.repo, name);
+    match mode {
+        Mode::Json => (
+            fixture("openai-chat.request.json"),
+            fixture("openai-chat.json"),
         ),
-    };
+        Mode::Sse => (
+            fixture("openai-chat-stream-usage.request.json"),
+            fixture("openai-chat-stream-usage.sse"),
+        ),
+        // A gateway removes the usage chunk it asked for; a plain proxy passes it on.
+        Mode::SsePlain if t.lockstock() => (w.dir.join(PLAIN_REQUEST), w.dir.join(PLAIN_ANSWER)),
+        Mode::SsePlain => (
+            w.dir.join(PLAIN_REQUEST),
+            fixture("openai-chat-stream-usage.sse"),
+        ),
+    }
+}
+
+/// The `sse-plain` request (the streamed request without `stream_options`) and the stream its
+/// client gets through a gateway (the recording without its usage-only chunk).
+fn write_plain_stream(repo: &Path, dir: &Path) -> Result<()> {
+    let mut request: Value = serde_json::from_slice(&std::fs::read(fixture(
+        repo,
+        "openai-chat-stream-usage.request.json",
+    ))?)?;
+    request
+        .as_object_mut()
+        .context("the streamed request fixture is not an object")?
+        .remove("stream_options");
+    std::fs::write(dir.join(PLAIN_REQUEST), serde_json::to_vec(&request)?)?;
+    let stream = std::fs::read_to_string(fixture(repo, "openai-chat-stream-usage.sse"))?;
+    let answer: String = stream
+        .split_inclusive("\n\n")
+        .filter(|event| !event.contains("\"choices\":[]"))
+        .collect();
+    if answer.len() == stream.len() {
+        bail!("openai-chat-stream-usage.sse has no usage-only chunk");
+    }
+    std::fs::write(dir.join(PLAIN_ANSWER), answer)?;
+    Ok(())
+}
+
+async fn loadgen(w: &World, load: &Load<'_>) -> Result<Value> {
     let mut cmd = tokio::process::Command::new(w.bin.join("lockstock-loadgen"));
     cmd.arg("--url")
         .arg(&load.url)
         .arg("--body")
-        .arg(fixture(&w.repo, req))
+        .arg(&load.request)
         .args(["-c", &load.connections.to_string()])
         .args(["-d", &load.seconds.to_string()])
         .args(["--warmup", &load.warmup.to_string()])
@@ -691,8 +756,8 @@ async fn loadgen(w: &World, load: &Load<'_>, mode: Mode) -> Result<Value> {
     if load.stream {
         cmd.arg("--stream");
     }
-    if load.expect_exact {
-        cmd.arg("--expect").arg(fixture(&w.repo, answer));
+    if let Some(answer) = &load.expect {
+        cmd.arg("--expect").arg(answer);
     }
     if !load.agents.is_empty() {
         cmd.arg("--rotate").arg(format!(
@@ -757,7 +822,7 @@ async fn measure(w: &World, t: Target, mode: Mode, load: &Load<'_>) -> Result<Ca
     let marked = t != Target::LiteLlm;
     let served_before = setup::served(&w.http, &w.upstream.url, marked).await?;
     let seq_before = agent_seq(w, t).await?;
-    let v = loadgen(w, load, mode).await?;
+    let v = loadgen(w, load).await?;
     // Let the gateway's last stamps and blobs land before counting them (and before the next
     // case starts measuring CPU).
     let sent = v["sent"].as_u64().unwrap_or(0);
@@ -841,11 +906,13 @@ async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
     let idle_kib = procstat::rss_kib(gw.proc.pid());
     // 14 events, 200 ms before each: every stream stays open about 2.8 s.
     let delay_ms = 200;
+    let (request, answer) = exchange(w, Target::Governed, Mode::Sse);
     let load = Load {
         url: format!("{}/v1/chat/completions", gw.url),
         stream: true,
         headers: vec![format!("x-fixture-delay-ms: {delay_ms}")],
-        expect_exact: true,
+        request,
+        expect: Some(answer),
         procs: vec![
             ("gateway", gw.proc.pid()),
             ("control-plane", cloud.proc.pid()),
@@ -857,7 +924,7 @@ async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
         agents: gw.agents.clone(),
         extra_args: vec!["--sample-ms".into(), "100".into()],
     };
-    let v = loadgen(w, &load, Mode::Sse).await?;
+    let v = loadgen(w, &load).await?;
     let peak_kib = procstat::peak_rss_kib(gw.proc.pid());
     let g = &v["procs"]["gateway"];
     Ok(report::Streams {

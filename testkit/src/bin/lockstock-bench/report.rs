@@ -205,7 +205,9 @@ pub fn case_from(
             "the ledger holds {s} new stamps for {forwarded} forwarded requests"
         ));
     }
-    let ttfb = (mode == Mode::Sse).then(|| (ms(&v["ttfb_us"]["p50"]), ms(&v["ttfb_us"]["p99"])));
+    let ttfb = mode
+        .streams()
+        .then(|| (ms(&v["ttfb_us"]["p50"]), ms(&v["ttfb_us"]["p99"])));
     Case {
         target: t.name(),
         mode: mode.name(),
