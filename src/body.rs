@@ -13,7 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::http::BoxError;
-use crate::usage::{Measured, UsageChunkFilter, UsageMeter};
+use crate::usage::{Measured, UsageMeter};
+use crate::usage_filter::UsageChunkFilter;
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

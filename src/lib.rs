@@ -29,6 +29,7 @@ pub mod server;
 pub mod stamper;
 pub mod usage;
 mod usage_event;
+pub mod usage_filter;
 
 pub use agent::AgentId;
 
@@ -48,4 +49,15 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     out
+}
+
+/// A recorded provider response from `tests/fixtures`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
 }

@@ -279,15 +279,7 @@ pub fn estimate_tokens(body: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures")
-                .join(name),
-        )
-        .unwrap()
-    }
+    use crate::test_fixture as fixture;
 
     fn json(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap()

@@ -26,7 +26,8 @@ use crate::refusal::Refusal;
 use crate::sealer::Uploads;
 use crate::secret::ExposeSecret;
 use crate::stamper::{Chain, Draft, StampFailure, Stamper, StamperConfig};
-use crate::usage::{Framing, Measured, UsageChunkFilter, UsageMeter};
+use crate::usage::{Framing, Measured, UsageMeter};
+use crate::usage_filter::UsageChunkFilter;
 
 /// Response bodies the gateway sends.
 pub type ResBody = BoxBody<Bytes, BoxError>;

@@ -10,8 +10,6 @@
 
 use std::io::Write;
 
-use serde_json::Value;
-
 use crate::usage_event::Event;
 
 /// Token counts of one exchange.
@@ -232,90 +230,12 @@ fn reuse(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
-/// Removes the one chunk OpenAI sends only because the gateway asked for usage
-/// (`"choices":[]` with a `usage` object), so the client sees the stream it asked for.
-///
-/// Works on whole SSE events; bytes of every other event pass unchanged.
-#[derive(Default)]
-pub struct UsageChunkFilter {
-    pending: Vec<u8>,
-}
-
-impl UsageChunkFilter {
-    /// Returns the bytes to send now; an incomplete trailing event waits for the next chunk.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(self.pending.len());
-        let mut start = 0;
-        while let Some(end) = event_end(&self.pending[start..]) {
-            let event = &self.pending[start..start + end];
-            if !is_usage_only(event) {
-                out.extend_from_slice(event);
-            }
-            start += end;
-        }
-        self.pending.drain(..start);
-        out
-    }
-
-    /// Whatever is left when the stream ends.
-    pub fn finish(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
-    }
-}
-
-/// Length of the first complete event (including its blank line), if there is one.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-fn is_usage_only(event: &[u8]) -> bool {
-    let text = match std::str::from_utf8(event) {
-        Ok(t) => t,
-        Err(_) => return false,
-    };
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n");
-    if !data.contains("\"usage\"") {
-        return false;
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&data) else {
-        return false;
-    };
-    v.get("choices")
-        .and_then(Value::as_array)
-        .is_some_and(Vec::is_empty)
-        && v.get("usage").is_some_and(Value::is_object)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::Value;
 
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures")
-                .join(name),
-        )
-        .unwrap()
-    }
+    use super::*;
+    use crate::test_fixture as fixture;
 
     fn meter_in_chunks(framing: Framing, body: &[u8], chunk: usize, gzip: bool) -> Measured {
         let wire = if gzip {
@@ -450,30 +370,5 @@ mod tests {
         let r = m.finish();
         assert_eq!(r.transcript.len(), 100);
         assert!(r.truncated);
-    }
-
-    #[test]
-    fn filter_removes_only_the_usage_chunk() {
-        let body = fixture("openai-chat-stream-usage.sse");
-        for chunk in [1, 5, 100, body.len()] {
-            let mut f = UsageChunkFilter::default();
-            let mut out = Vec::new();
-            for c in body.chunks(chunk) {
-                out.extend(f.push(c));
-            }
-            out.extend(f.finish());
-            let text = String::from_utf8(out.clone()).unwrap();
-            assert!(!text.contains("\"choices\":[]"), "chunk {chunk}");
-            assert!(text.ends_with("data: [DONE]\n\n"));
-            // Every other byte is unchanged: the output is the input minus one event.
-            let removed = body.len() - out.len();
-            let original = String::from_utf8(body.clone()).unwrap();
-            let usage_event = original
-                .split_inclusive("\n\n")
-                .find(|e| e.contains("\"choices\":[]"))
-                .unwrap();
-            assert_eq!(removed, usage_event.len());
-            assert_eq!(original.replacen(usage_event, "", 1), text);
-        }
     }
 }
