@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     warmup: Option<f64>,
     /// Only these (comma-separated): direct, nginx, governed, embedded, stamps-only, litellm,
-    /// endurance, soak, streams, tools.
+    /// endurance, soak, streams, agents, tools.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Concurrency levels.
@@ -66,6 +66,10 @@ pub struct Args {
     /// their own, so this measures many agents against one busy one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     agents: u16,
+    /// Agents of the many-agents run (the `agents` extra): a fresh governed gateway with this
+    /// many agents, one per connection, at this concurrency, non-streaming.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    many_agents: u16,
     /// The `litellm` executable (LiteLLM's proxy); its cases are skipped without it.
     #[arg(long)]
     litellm: Option<PathBuf>,
@@ -257,7 +261,7 @@ fn selected(args: &Args, name: &str, default: bool) -> bool {
 async fn run(args: Args) -> Result<bool> {
     for o in &args.only {
         let known = Target::ALL.iter().any(|t| t.name() == o)
-            || ["endurance", "soak", "streams", "tools"].contains(&o.as_str());
+            || ["endurance", "soak", "streams", "agents", "tools"].contains(&o.as_str());
         if !known {
             bail!("--only: unknown case {o:?}");
         }
@@ -309,13 +313,15 @@ async fn run(args: Args) -> Result<bool> {
     }
     let extras = !args.short;
     let want = |name: &str| selected(&args, name, extras);
-    let (endurance, soak, streams, tools) = (
+    let (endurance, soak, streams, many_agents, tools) = (
         want("endurance"),
         want("soak"),
         want("streams"),
+        want("agents"),
         want("tools"),
     );
-    let need_cloud = targets.iter().any(|t| t.lockstock()) || endurance || soak || streams;
+    let need_cloud =
+        targets.iter().any(|t| t.lockstock()) || endurance || soak || streams || many_agents;
 
     let tmp = tempfile::Builder::new()
         .prefix("lockstock-bench.")
@@ -370,13 +376,13 @@ async fn run(args: Args) -> Result<bool> {
         world.cloud = Some(cloud);
     }
     if targets.contains(&Target::Governed) || endurance || soak {
-        world.governed = Some(start_gateway(&world, "governed", true).await?);
+        world.governed = Some(start_gateway(&world, "governed", true, world.agents).await?);
     }
     if targets.contains(&Target::Embedded) {
         world.embedded = Some(start_embedded(&world).await?);
     }
     if targets.contains(&Target::StampsOnly) {
-        world.stamps_only = Some(start_gateway(&world, "stamps-only", false).await?);
+        world.stamps_only = Some(start_gateway(&world, "stamps-only", false, world.agents).await?);
     }
     if targets.contains(&Target::Nginx) {
         match setup::nginx(&world.http, &args.nginx, &dir, &world.upstream.url).await {
@@ -466,6 +472,28 @@ async fn run(args: Args) -> Result<bool> {
         ));
         extra.streams = Some(run_streams(&world, args.streams).await?);
     }
+    if many_agents {
+        let n = args.many_agents;
+        say(format!(
+            "{n} agents: a fresh governed gateway, one agent per connection, json, concurrency {n}"
+        ));
+        let gateway = start_gateway(&world, "agents", true, n).await?;
+        // The governed target, for this one case, is the gateway with many agents.
+        let one = world.governed.replace(gateway);
+        let case = run_case(
+            &world,
+            Target::Governed,
+            Mode::Json,
+            n.into(),
+            seconds,
+            warmup,
+        )
+        .await;
+        world.governed = one;
+        let case = case?;
+        print_case(&case);
+        extra.agents = Some(report::ManyAgents { agents: n, case });
+    }
     // Stop the servers before the tools measure anything.
     drop(world);
 
@@ -503,9 +531,9 @@ async fn run(args: Args) -> Result<bool> {
 }
 
 /// A gateway with an agent of its own; transcripts sealed when `sealed`.
-async fn start_gateway(w: &World, name: &str, sealed: bool) -> Result<setup::Gateway> {
+async fn start_gateway(w: &World, name: &str, sealed: bool, agents: u16) -> Result<setup::Gateway> {
     let cloud = w.cloud.as_ref().expect("started when needed");
-    let agents = setup::agents(cloud, &w.seed, &format!("bench-{name}"), w.agents).await?;
+    let agents = setup::agents(cloud, &w.seed, &format!("bench-{name}"), agents).await?;
     let account = if sealed { w.account.as_ref() } else { None };
     let gw = setup::gateway(
         &w.http,
@@ -901,7 +929,7 @@ async fn run_soak(w: &World, c: usize, seconds: f64) -> Result<Case> {
 /// A fresh governed gateway holding `n` slow streams open at once: its memory then.
 async fn run_streams(w: &World, n: usize) -> Result<report::Streams> {
     let cloud = w.cloud.as_ref().expect("started");
-    let gw = start_gateway(w, "streams", true).await?;
+    let gw = start_gateway(w, "streams", true, w.agents).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = procstat::rss_kib(gw.proc.pid());
     // 14 events, 200 ms before each: every stream stays open about 2.8 s.

@@ -135,11 +135,19 @@ pub struct Tools {
     pub audit: Option<ToolRun>,
 }
 
+/// The governed gateway with many agents, one per connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManyAgents {
+    pub agents: u16,
+    pub case: Case,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Extras {
     pub endurance: Option<Case>,
     pub soak: Option<Case>,
     pub streams: Option<Streams>,
+    pub agents: Option<ManyAgents>,
     pub tools: Option<Tools>,
 }
 
@@ -269,6 +277,50 @@ pub fn fill_added(cases: &mut [Case]) {
     }
 }
 
+impl Report {
+    /// The many-agents run beside the matrix's governed case of the same mode and concurrency
+    /// (one agent for every connection).
+    fn many_agents_line(&self, many: &ManyAgents) -> String {
+        let a = &many.case;
+        let cpu = |c: &Case, name: &str| {
+            c.cpu_us_per_req
+                .get(name)
+                .map_or_else(|| "–".to_owned(), |v| format!("{v:.0}"))
+        };
+        let same = |target: &str| {
+            self.cases
+                .iter()
+                .find(|c| c.target == target && c.mode == a.mode && c.concurrency == a.concurrency)
+        };
+        let added = same("direct").map_or_else(String::new, |d| {
+            format!(" (added +{})", f(a.p50_ms - d.p50_ms))
+        });
+        let one = same("governed").map_or_else(String::new, |g| {
+            format!(
+                "; one agent for all connections, same case: {} req/s, p50 {} ms, CPU µs/req gateway {}, control plane {}",
+                g.rps,
+                f(g.p50_ms),
+                cpu(g, "gateway"),
+                cpu(g, "control-plane")
+            )
+        });
+        format!(
+            "- {} agents on one governed gateway, one per connection, {} c={}, {} s: {} req/s, p50 {} ms{added}, p99 {} ms; CPU µs/req gateway {}, control plane {}; {} failed, {} lost{one}.",
+            many.agents,
+            a.mode,
+            a.concurrency,
+            a.seconds,
+            a.rps,
+            f(a.p50_ms),
+            f(a.p99_ms),
+            cpu(a, "gateway"),
+            cpu(a, "control-plane"),
+            a.failed,
+            a.lost
+        )
+    }
+}
+
 /// True when no request failed or went missing, except LiteLLM's (reported, not judged: it is
 /// the comparison, not the product).
 pub fn verdict(cases: &[Case], extras: &Extras) -> bool {
@@ -276,6 +328,7 @@ pub fn verdict(cases: &[Case], extras: &Extras) -> bool {
         .iter()
         .chain(&extras.endurance)
         .chain(&extras.soak)
+        .chain(extras.agents.as_ref().map(|a| &a.case))
         .filter(|c| c.target != "litellm");
     let mut ok = true;
     for c in judged {
@@ -682,7 +735,11 @@ impl Report {
         }
 
         let ex = &self.extras;
-        if ex.endurance.is_some() || ex.soak.is_some() || ex.streams.is_some() {
+        if ex.endurance.is_some()
+            || ex.soak.is_some()
+            || ex.streams.is_some()
+            || ex.agents.is_some()
+        {
             let _ = writeln!(s, "\n### Long runs\n");
         }
         if let Some(e) = &ex.endurance {
@@ -738,6 +795,10 @@ impl Report {
                     format!(" Errors: {}", st.errors.join("; "))
                 }
             );
+        }
+
+        if let Some(a) = &ex.agents {
+            let _ = writeln!(s, "{}", self.many_agents_line(a));
         }
 
         if let Some(t) = &ex.tools {
